@@ -1,0 +1,180 @@
+//! Backup manager configuration, with the Python original's options and defaults.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format::FileFormat;
+use crate::store::{BackupStore, LocalStore};
+
+/// The failure callback: `(error, consecutive_failures)`.
+pub type FailureCallback = Arc<dyn Fn(&Error, u32) + Send + Sync + 'static>;
+
+#[derive(Clone)]
+pub(crate) enum Target {
+    Dir(PathBuf),
+    Store(Arc<dyn BackupStore>),
+}
+
+/// Configuration of a [`crate::BackupManager`] (seed S2).
+///
+/// Every option has the Python original's default; setters say theirs.
+/// Validation happens in [`crate::BackupManager::start`], which returns an
+/// error rather than failing later.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dictdb::{BackupConfig, FileFormat};
+///
+/// let config = BackupConfig::new("./backups")
+///     .backup_interval(Duration::from_secs(60))
+///     .file_format(FileFormat::MessagePack)
+///     .min_backup_interval(Duration::from_secs(10))
+///     .incremental(true)
+///     .max_deltas_before_full(20)
+///     .on_backup_failure(|err, n| eprintln!("backup failed ({n}x): {err}"));
+/// ```
+#[derive(Clone)]
+pub struct BackupConfig {
+    pub(crate) target: Target,
+    pub(crate) backup_interval: Duration,
+    pub(crate) file_format: FileFormat,
+    pub(crate) min_backup_interval: Duration,
+    pub(crate) on_backup_failure: Option<FailureCallback>,
+    pub(crate) incremental: bool,
+    pub(crate) max_deltas_before_full: u32,
+    pub(crate) keep_full_backups: Option<usize>,
+}
+
+impl fmt::Debug for BackupConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = match &self.target {
+            Target::Dir(d) => d.display().to_string(),
+            Target::Store(s) => s.location(),
+        };
+        f.debug_struct("BackupConfig")
+            .field("target", &target)
+            .field("backup_interval", &self.backup_interval)
+            .field("file_format", &self.file_format)
+            .field("min_backup_interval", &self.min_backup_interval)
+            .field("on_backup_failure", &self.on_backup_failure.is_some())
+            .field("incremental", &self.incremental)
+            .field("max_deltas_before_full", &self.max_deltas_before_full)
+            .field("keep_full_backups", &self.keep_full_backups)
+            .finish()
+    }
+}
+
+impl BackupConfig {
+    /// Backups in the directory `backup_dir` (created if missing).
+    pub fn new(backup_dir: impl Into<PathBuf>) -> Self {
+        Self::with_target(Target::Dir(backup_dir.into()))
+    }
+
+    /// Backups in any [`BackupStore`] (object storage, a test store, ...).
+    pub fn with_store(store: Arc<dyn BackupStore>) -> Self {
+        Self::with_target(Target::Store(store))
+    }
+
+    fn with_target(target: Target) -> Self {
+        BackupConfig {
+            target,
+            backup_interval: Duration::from_secs(300),
+            file_format: FileFormat::Json,
+            min_backup_interval: Duration::from_secs(5),
+            on_backup_failure: None,
+            incremental: false,
+            max_deltas_before_full: 10,
+            keep_full_backups: None,
+        }
+    }
+
+    /// Time between periodic backups. Default: 300 s. Must not be zero.
+    #[must_use]
+    pub fn backup_interval(mut self, interval: Duration) -> Self {
+        self.backup_interval = interval;
+        self
+    }
+
+    /// Format of full backups and deltas. Default: JSON.
+    #[must_use]
+    pub fn file_format(mut self, format: FileFormat) -> Self {
+        self.file_format = format;
+        self
+    }
+
+    /// Shortest time between a backup and one triggered by
+    /// [`notify_change`](crate::BackupManager::notify_change); notifications
+    /// inside the window are deferred to its end, never dropped. Default: 5 s.
+    #[must_use]
+    pub fn min_backup_interval(mut self, interval: Duration) -> Self {
+        self.min_backup_interval = interval;
+        self
+    }
+
+    /// Called after each failed backup with the error and the number of
+    /// consecutive failures. A panicking callback is caught and logged.
+    /// Default: none.
+    #[must_use]
+    pub fn on_backup_failure<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&Error, u32) + Send + Sync + 'static,
+    {
+        self.on_backup_failure = Some(Arc::new(callback));
+        self
+    }
+
+    /// Write deltas instead of full backups (with a full backup every
+    /// `max_deltas_before_full` deltas). Default: false.
+    #[must_use]
+    pub fn incremental(mut self, incremental: bool) -> Self {
+        self.incremental = incremental;
+        self
+    }
+
+    /// Deltas written before the next backup is a full one. Default: 10.
+    /// Must not be zero.
+    #[must_use]
+    pub fn max_deltas_before_full(mut self, n: u32) -> Self {
+        self.max_deltas_before_full = n;
+        self
+    }
+
+    /// Retention: after each successful full backup, keep only the newest `n`
+    /// full backups and the deltas that build on them; older files of ours
+    /// are deleted (files that are not ours are never touched). Default: keep
+    /// everything. Must not be zero.
+    #[must_use]
+    pub fn keep_full_backups(mut self, n: usize) -> Self {
+        self.keep_full_backups = Some(n);
+        self
+    }
+
+    /// Checks the options and opens the store.
+    pub(crate) fn open(&self) -> Result<Arc<dyn BackupStore>> {
+        if self.backup_interval.is_zero() {
+            return Err(Error::Config(
+                "backup_interval must be greater than zero".into(),
+            ));
+        }
+        if self.max_deltas_before_full == 0 {
+            return Err(Error::Config(
+                "max_deltas_before_full must be at least 1".into(),
+            ));
+        }
+        if self.keep_full_backups == Some(0) {
+            return Err(Error::Config(
+                "keep_full_backups must be at least 1 (a manager never deletes its newest backup)"
+                    .into(),
+            ));
+        }
+        Ok(match &self.target {
+            Target::Dir(dir) => Arc::new(LocalStore::open(dir)?),
+            Target::Store(s) => Arc::clone(s),
+        })
+    }
+}

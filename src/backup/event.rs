@@ -1,0 +1,90 @@
+//! What the backup manager reports: outcomes and the event stream.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::naming::BackupKind;
+
+/// A backup file that was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupInfo {
+    /// Full backup or delta.
+    pub kind: BackupKind,
+    /// The file name in the store.
+    pub file: String,
+    /// The cut: every change up to this sequence number is covered.
+    pub seq: u64,
+    /// Deltas: the cut they start from (the previous backup's `seq`).
+    pub from_seq: Option<u64>,
+    /// Records written (full) or changes written (delta).
+    pub records: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Wall time from the cut to the durable file.
+    pub duration: Duration,
+    /// The embedded checksum.
+    pub checksum: String,
+}
+
+/// What a backup request did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupOutcome {
+    /// A file was written.
+    Written(BackupInfo),
+    /// A delta was due but nothing had changed since the last backup.
+    Skipped,
+}
+
+impl BackupOutcome {
+    /// The written file, if any.
+    pub fn info(&self) -> Option<&BackupInfo> {
+        match self {
+            BackupOutcome::Written(i) => Some(i),
+            BackupOutcome::Skipped => None,
+        }
+    }
+}
+
+/// An event on [`crate::BackupManager::subscribe`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum BackupEvent {
+    /// A backup was written.
+    Completed(BackupInfo),
+    /// A backup failed. Its pending changes are kept for the next try.
+    Failed {
+        /// What was attempted.
+        kind: BackupKind,
+        /// Why it failed.
+        error: Error,
+        /// Failures in a row, this one included.
+        consecutive_failures: u32,
+    },
+    /// The manager missed mutation events (the database's broadcast channel
+    /// overflowed); the next backup will be a full one, so no delta with a
+    /// hole in it is ever written.
+    Lagged {
+        /// Events missed.
+        missed: u64,
+    },
+    /// A delta was requested but a full backup is written instead.
+    FullInsteadOfDelta {
+        /// Why.
+        reason: &'static str,
+    },
+    /// Retention deleted files of older chains.
+    Pruned {
+        /// Deleted file names.
+        files: Vec<String>,
+    },
+    /// Retention could not delete a file (not fatal: it is tried again
+    /// after the next full backup).
+    PruneFailed {
+        /// The file.
+        file: String,
+        /// Why.
+        error: Error,
+    },
+}

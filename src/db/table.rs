@@ -1,0 +1,356 @@
+//! Table handles and their CRUD operations.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{Change, DictDB, State, TableState};
+use crate::error::{Error, Result};
+use crate::key::{json_type_name, Key};
+use crate::record::{self, PendingRecord, Record};
+
+/// A handle to one table of a [`DictDB`].
+///
+/// Cheap to clone. If the table is dropped, every operation on the handle
+/// fails with [`Error::TableNotFound`], even if a table of the same name is
+/// created again later.
+///
+/// Every operation that changes something is atomic (all or nothing), takes
+/// the database lock for the time of the change only, and publishes one
+/// [`crate::Mutation`] per record changed.
+#[derive(Clone)]
+pub struct Table {
+    db: DictDB,
+    name: Arc<str>,
+    pk: Arc<str>,
+    incarnation: u64,
+}
+
+/// What [`Table::upsert`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Upsert {
+    /// No record had the key: the record was inserted.
+    Inserted(Key),
+    /// A record had the key: the fields were merged into it.
+    Updated(Key),
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.name)
+            .field("primary_key", &self.pk)
+            .finish()
+    }
+}
+
+fn as_object(value: Value) -> Result<Map<String, Value>> {
+    match value {
+        Value::Object(m) => Ok(m),
+        other => Err(Error::NotAnObject(json_type_name(&other))),
+    }
+}
+
+impl Table {
+    pub(super) fn new(db: DictDB, name: Arc<str>, pk: Arc<str>, incarnation: u64) -> Self {
+        Table {
+            db,
+            name,
+            pk,
+            incarnation,
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The primary-key field.
+    pub fn primary_key(&self) -> &str {
+        &self.pk
+    }
+
+    /// The database this table belongs to.
+    pub fn db(&self) -> &DictDB {
+        &self.db
+    }
+
+    fn state<'a>(&self, st: &'a State) -> Result<&'a TableState> {
+        match st.tables.get(&*self.name) {
+            Some(t) if t.incarnation == self.incarnation => Ok(t),
+            _ => Err(Error::TableNotFound(self.name.to_string())),
+        }
+    }
+
+    /// Runs `f` on this table's state with the lock held, and hands it a way
+    /// to publish changes.
+    fn write<R>(
+        &self,
+        f: impl FnOnce(&mut TableState, &mut dyn FnMut(Change)) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.db.lock();
+        let st = &mut *guard;
+        let t = match st.tables.get_mut(&*self.name) {
+            Some(t) if t.incarnation == self.incarnation => t,
+            _ => return Err(Error::TableNotFound(self.name.to_string())),
+        };
+        let seq = &mut st.seq;
+        let db = &self.db;
+        let name = &self.name;
+        let mut publish = |c: Change| db.commit(seq, name, || c);
+        f(t, &mut publish)
+    }
+
+    /// Inserts a record and returns its key.
+    ///
+    /// A record without the key field gets the next auto-assigned integer,
+    /// added as its last field; auto-assigned integers are never handed out
+    /// twice, even after deletes, loads and restores. A record whose key is
+    /// already present is refused with [`Error::DuplicateKey`].
+    pub fn insert(&self, record: Value) -> Result<Key> {
+        // Encoding happens before the lock is taken.
+        let pending = PendingRecord::new(&record, &self.pk)?;
+        self.write(|t, publish| {
+            let (key, rec) = self.seal(t, pending)?;
+            t.records.insert(key.clone(), rec.clone());
+            publish(Change::Insert {
+                key: key.clone(),
+                record: rec,
+            });
+            Ok(key)
+        })
+    }
+
+    fn seal(&self, t: &mut TableState, pending: PendingRecord) -> Result<(Key, Record)> {
+        match pending.key.clone() {
+            Some(key) => {
+                if t.records.contains_key(&key) {
+                    return Err(Error::DuplicateKey {
+                        table: self.name.to_string(),
+                        key,
+                    });
+                }
+                t.bump(&key);
+                Ok((key, pending.finish(None)))
+            }
+            None => {
+                let id = t.alloc_id(&self.name)?;
+                Ok((Key::Int(id), pending.finish(Some((&self.pk, id)))))
+            }
+        }
+    }
+
+    /// Inserts several records, all or nothing: if any record is invalid or
+    /// its key is taken (in the table or earlier in the batch), nothing is
+    /// inserted. Returns the keys in input order.
+    pub fn insert_many<I>(&self, records: I) -> Result<Vec<Key>>
+    where
+        I: IntoIterator<Item = Value>,
+    {
+        let pending = records
+            .into_iter()
+            .map(|r| PendingRecord::new(&r, &self.pk))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(|t, publish| {
+            // Work on a copy (O(1)) so a failure half-way leaves `t` untouched.
+            let mut staged = t.clone();
+            let mut out = Vec::with_capacity(pending.len());
+            for p in pending {
+                let (key, rec) = self.seal(&mut staged, p)?;
+                staged.records.insert(key.clone(), rec.clone());
+                out.push((key, rec));
+            }
+            *t = staged;
+            Ok(out
+                .into_iter()
+                .map(|(key, record)| {
+                    publish(Change::Insert {
+                        key: key.clone(),
+                        record,
+                    });
+                    key
+                })
+                .collect())
+        })
+    }
+
+    /// The record with this key, if any.
+    pub fn get(&self, key: impl Into<Key>) -> Result<Option<Value>> {
+        let key = key.into();
+        let rec = {
+            let st = self.db.lock();
+            self.state(&st)?.records.get(&key).cloned()
+        };
+        // Decoding happens after the lock is released.
+        Ok(rec.map(|r| r.to_value()))
+    }
+
+    /// Whether a record has this key.
+    pub fn contains(&self, key: impl Into<Key>) -> Result<bool> {
+        let key = key.into();
+        let st = self.db.lock();
+        Ok(self.state(&st)?.records.contains_key(&key))
+    }
+
+    fn check_patch(&self, key: &Key, patch: &Map<String, Value>) -> Result<()> {
+        if let Some(v) = patch.get(&*self.pk) {
+            let new = Key::from_json(v, &self.pk)?;
+            if &new != key {
+                return Err(Error::PrimaryKeyChange {
+                    table: self.name.to_string(),
+                    field: self.pk.to_string(),
+                    key: key.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges `fields` into the record with this key: fields present are
+    /// replaced, new ones appended. Changing the primary key is an error.
+    pub fn update(&self, key: impl Into<Key>, fields: Value) -> Result<()> {
+        let key = key.into();
+        let patch = as_object(fields)?;
+        self.check_patch(&key, &patch)?;
+        self.write(|t, publish| {
+            let old = t.records.get(&key).ok_or_else(|| Error::RecordNotFound {
+                table: self.name.to_string(),
+                key: key.clone(),
+            })?;
+            let rec = record::merge(old, &patch);
+            t.records.insert(key.clone(), rec.clone());
+            publish(Change::Update { key, record: rec });
+            Ok(())
+        })
+    }
+
+    /// Merges `fields` into every record for which `predicate` holds and
+    /// returns how many were updated. All or nothing: if the patch would
+    /// change any matching record's key, nothing is updated.
+    pub fn update_where<F>(&self, predicate: F, fields: Value) -> Result<usize>
+    where
+        F: Fn(&Value) -> bool,
+    {
+        let patch = as_object(fields)?;
+        self.write(|t, publish| {
+            // Phase 1 runs the user's predicate and may fail; nothing is
+            // changed until it has finished.
+            let mut staged = Vec::new();
+            for (key, rec) in t.records.iter() {
+                if predicate(&rec.to_value()) {
+                    self.check_patch(key, &patch)?;
+                    staged.push((key.clone(), record::merge(rec, &patch)));
+                }
+            }
+            let n = staged.len();
+            for (key, rec) in staged {
+                t.records.insert(key.clone(), rec.clone());
+                publish(Change::Update { key, record: rec });
+            }
+            Ok(n)
+        })
+    }
+
+    /// Inserts the record, or merges it into the record with the same key.
+    pub fn upsert(&self, record: Value) -> Result<Upsert> {
+        let pending = PendingRecord::new(&record, &self.pk)?;
+        let Some(key) = pending.key.clone() else {
+            return self.insert(record).map(Upsert::Inserted);
+        };
+        let Value::Object(patch) = record else {
+            return Err(Error::NotAnObject(json_type_name(&record)));
+        };
+        self.write(|t, publish| match t.records.get(&key) {
+            Some(old) => {
+                let rec = record::merge(old, &patch);
+                t.records.insert(key.clone(), rec.clone());
+                publish(Change::Update {
+                    key: key.clone(),
+                    record: rec,
+                });
+                Ok(Upsert::Updated(key))
+            }
+            None => {
+                t.bump(&key);
+                let rec = pending.finish(None);
+                t.records.insert(key.clone(), rec.clone());
+                publish(Change::Insert {
+                    key: key.clone(),
+                    record: rec,
+                });
+                Ok(Upsert::Inserted(key))
+            }
+        })
+    }
+
+    /// Deletes the record with this key; returns whether there was one.
+    pub fn delete(&self, key: impl Into<Key>) -> Result<bool> {
+        let key = key.into();
+        self.write(|t, publish| {
+            if t.records.remove(&key).is_some() {
+                publish(Change::Delete { key });
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+
+    /// Deletes every record for which `predicate` holds; returns the count.
+    pub fn delete_where<F>(&self, predicate: F) -> Result<usize>
+    where
+        F: Fn(&Value) -> bool,
+    {
+        self.write(|t, publish| {
+            let doomed: Vec<Key> = t
+                .records
+                .iter()
+                .filter(|(_, rec)| predicate(&rec.to_value()))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &doomed {
+                t.records.remove(key);
+                publish(Change::Delete { key: key.clone() });
+            }
+            Ok(doomed.len())
+        })
+    }
+
+    /// Every record for which `predicate` holds, in key order.
+    ///
+    /// Runs on an O(1) snapshot of the table, without holding the lock, so a
+    /// long scan never blocks writers.
+    pub fn select<F>(&self, predicate: F) -> Result<Vec<Value>>
+    where
+        F: Fn(&Value) -> bool,
+    {
+        let records = {
+            let st = self.db.lock();
+            self.state(&st)?.records.clone()
+        };
+        Ok(records
+            .values()
+            .map(Record::to_value)
+            .filter(|v| predicate(v))
+            .collect())
+    }
+
+    /// All records, in key order.
+    pub fn all(&self) -> Result<Vec<Value>> {
+        self.select(|_| true)
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> Result<usize> {
+        let st = self.db.lock();
+        Ok(self.state(&st)?.records.len())
+    }
+
+    /// Whether the table has no record.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}

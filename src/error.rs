@@ -1,0 +1,261 @@
+//! The crate's one error type.
+
+use std::io;
+
+use crate::key::Key;
+
+/// Every fallible public function returns this error.
+///
+/// Messages are lower-case and name what they are about (the table, the key,
+/// the file), so they can be logged as they are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `create_table` was called with a name that is already taken.
+    #[error("table `{0}` already exists")]
+    TableExists(String),
+
+    /// The named table does not exist (or was dropped since the handle was taken).
+    #[error("table `{0}` does not exist")]
+    TableNotFound(String),
+
+    /// A table name that could not be used safely (empty, too long, a path
+    /// separator, `..`, NUL or another control character).
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A record that is not a JSON object.
+    #[error("a record must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+
+    /// A primary key of a type other than integer or string, or out of range.
+    #[error("invalid primary key for field `{field}`: {reason}")]
+    InvalidKey {
+        /// The primary-key field.
+        field: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// An insert whose key is already present (or appears twice in one batch).
+    #[error("duplicate primary key {key} in table `{table}`")]
+    DuplicateKey {
+        /// The table.
+        table: String,
+        /// The key that is already taken.
+        key: Key,
+    },
+
+    /// An update of a key that is not in the table.
+    #[error("no record with key {key} in table `{table}`")]
+    RecordNotFound {
+        /// The table.
+        table: String,
+        /// The missing key.
+        key: Key,
+    },
+
+    /// An update that would change a record's primary key.
+    #[error("cannot change primary key `{field}` of record {key} in table `{table}`")]
+    PrimaryKeyChange {
+        /// The table.
+        table: String,
+        /// The primary-key field.
+        field: String,
+        /// The record's key.
+        key: Key,
+    },
+
+    /// A file format name that is not supported (`"pickle"` among them).
+    #[error("unsupported file format `{name}`: {hint}")]
+    UnsupportedFormat {
+        /// The name that was given.
+        name: String,
+        /// What to use instead.
+        hint: &'static str,
+    },
+
+    /// An I/O error, with the file or directory it happened on.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// `fsync` failed: the data may not be on stable storage, and retrying the
+    /// same `fsync` would not prove otherwise (the PostgreSQL lesson). The
+    /// backup manager answers with a full backup next time.
+    #[error("fsync failed on {path}, the data may not be on disk: {source}")]
+    Sync {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file that cannot be read as a dictdb/DictDB document: truncated,
+    /// malformed, of the wrong shape, or holding bad records.
+    #[error("{file}: {reason}")]
+    Corrupt {
+        /// The file (name or path).
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A file whose recorded checksum does not match its content.
+    #[error("{file}: checksum mismatch (recorded {recorded}, computed {computed})")]
+    ChecksumMismatch {
+        /// The file.
+        file: String,
+        /// The checksum stored in the file.
+        recorded: String,
+        /// The checksum of the bytes actually read.
+        computed: String,
+    },
+
+    /// The backup chain is broken (a missing, duplicated or foreign link).
+    #[error("broken backup chain at {file}: {reason}")]
+    Chain {
+        /// The file where the chain breaks.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Nothing to restore from.
+    #[error("no usable full backup in {0}")]
+    NoBackup(String),
+
+    /// An invalid `BackupConfig` (zero interval, zero max deltas, a directory
+    /// path that is a file, ...).
+    #[error("invalid backup configuration: {0}")]
+    Config(String),
+
+    /// The backup manager's actor has ended; the handle can no longer be used.
+    #[error("the backup manager has stopped")]
+    ManagerStopped,
+
+    /// A backup store operation failed (object storage, an injected fault, ...).
+    #[error("backup store error on {path}: {message}")]
+    Store {
+        /// The object or file.
+        path: String,
+        /// What the store reported.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl std::fmt::Display, source: io::Error) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(file: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Corrupt {
+            file: file.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn chain(file: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        Error::Chain {
+            file: file.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether this error means the data may not have reached stable storage
+    /// (a failed `fsync`): after such an error the next backup must be full.
+    pub(crate) fn is_durability_unknown(&self) -> bool {
+        matches!(self, Error::Sync { .. })
+    }
+}
+
+impl Clone for Error {
+    /// Errors are cloned to reach a caller, the event stream and the failure
+    /// callback at once. `io::Error` is not `Clone`: its kind and message are
+    /// kept.
+    fn clone(&self) -> Self {
+        fn io_clone(e: &io::Error) -> io::Error {
+            io::Error::new(e.kind(), e.to_string())
+        }
+        match self {
+            Error::TableExists(s) => Error::TableExists(s.clone()),
+            Error::TableNotFound(s) => Error::TableNotFound(s.clone()),
+            Error::InvalidTableName { name, reason } => Error::InvalidTableName {
+                name: name.clone(),
+                reason,
+            },
+            Error::NotAnObject(s) => Error::NotAnObject(s),
+            Error::InvalidKey { field, reason } => Error::InvalidKey {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Error::DuplicateKey { table, key } => Error::DuplicateKey {
+                table: table.clone(),
+                key: key.clone(),
+            },
+            Error::RecordNotFound { table, key } => Error::RecordNotFound {
+                table: table.clone(),
+                key: key.clone(),
+            },
+            Error::PrimaryKeyChange { table, field, key } => Error::PrimaryKeyChange {
+                table: table.clone(),
+                field: field.clone(),
+                key: key.clone(),
+            },
+            Error::UnsupportedFormat { name, hint } => Error::UnsupportedFormat {
+                name: name.clone(),
+                hint,
+            },
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: io_clone(source),
+            },
+            Error::Sync { path, source } => Error::Sync {
+                path: path.clone(),
+                source: io_clone(source),
+            },
+            Error::Corrupt { file, reason } => Error::Corrupt {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            Error::ChecksumMismatch {
+                file,
+                recorded,
+                computed,
+            } => Error::ChecksumMismatch {
+                file: file.clone(),
+                recorded: recorded.clone(),
+                computed: computed.clone(),
+            },
+            Error::Chain { file, reason } => Error::Chain {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            Error::NoBackup(s) => Error::NoBackup(s.clone()),
+            Error::Config(s) => Error::Config(s.clone()),
+            Error::ManagerStopped => Error::ManagerStopped,
+            Error::Store { path, message } => Error::Store {
+                path: path.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,395 @@
+//! Reading documents of either format, ours or the Python original's.
+//!
+//! JSON records are transcoded straight into stored MessagePack records as
+//! they are parsed (no `serde_json::Value` per record); MessagePack records
+//! are validated and copied. Every error names the file.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use super::{verify_checksum, FileFormat, Integrity, Meta};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::record::{tok_name, validate_record, Reader, Record, Tok, Transcode};
+
+/// Full backup or delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DocKind {
+    Full,
+    Delta,
+}
+
+/// One table of a parsed document.
+#[derive(Debug, Default)]
+pub(crate) struct DocTable {
+    pub(crate) name: String,
+    pub(crate) primary_key: Option<String>,
+    pub(crate) schema: Option<Value>,
+    /// Full documents: the records. Deltas: the upserts.
+    pub(crate) records: Vec<Record>,
+    pub(crate) deletes: Vec<Key>,
+}
+
+/// A parsed document.
+#[derive(Debug)]
+pub(crate) struct Document {
+    pub(crate) kind: DocKind,
+    pub(crate) meta: Option<Meta>,
+    pub(crate) timestamp: Option<f64>,
+    pub(crate) tables: Vec<DocTable>,
+    pub(crate) integrity: Integrity,
+}
+
+/// Parses a whole file: checks the embedded checksum (if any), then the
+/// document. `file` names the file in errors.
+pub(crate) fn parse_document(bytes: &[u8], format: FileFormat, file: &str) -> Result<Document> {
+    let integrity = verify_checksum(bytes, format, file)?;
+    let mut doc = match format {
+        FileFormat::Json => parse_json(bytes).map_err(|e| Error::corrupt(file, e))?,
+        FileFormat::MessagePack => parse_msgpack(bytes).map_err(|e| Error::corrupt(file, e))?,
+    };
+    doc.integrity = integrity;
+    if let Some(meta) = &doc.meta {
+        let expected = match doc.kind {
+            DocKind::Full => "full",
+            DocKind::Delta => "delta",
+        };
+        if meta.kind != expected {
+            return Err(Error::corrupt(
+                file,
+                format!(
+                    "document is a {expected} but its metadata says `{}`",
+                    meta.kind
+                ),
+            ));
+        }
+    }
+    let mut names: Vec<&str> = doc.tables.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::corrupt(
+            file,
+            format!("table `{}` appears twice", w[0]),
+        ));
+    }
+    for t in &doc.tables {
+        crate::db::validate_table_name(&t.name).map_err(|e| Error::corrupt(file, e))?;
+        if doc.kind == DocKind::Full && t.primary_key.is_none() {
+            return Err(Error::corrupt(
+                file,
+                format!("table `{}` has no primary_key", t.name),
+            ));
+        }
+    }
+    Ok(doc)
+}
+
+// ---------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------
+
+fn parse_json(bytes: &[u8]) -> std::result::Result<Document, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let doc = de::Deserializer::deserialize_map(&mut de, DocVisitor).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(doc)
+}
+
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a DictDB document (an object with \"tables\")")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Document, A::Error> {
+        let mut kind = DocKind::Full;
+        let mut meta = None;
+        let mut timestamp = None;
+        let mut tables = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "type" => {
+                    let t: String = map.next_value()?;
+                    kind = match t.as_str() {
+                        "delta" => DocKind::Delta,
+                        "full" => DocKind::Full,
+                        other => {
+                            return Err(de::Error::custom(format_args!(
+                                "unknown document type `{other}`"
+                            )))
+                        }
+                    };
+                }
+                "timestamp" => timestamp = Some(map.next_value::<f64>()?),
+                "dictdb" => meta = Some(map.next_value::<Meta>()?),
+                "tables" => {
+                    if tables.is_some() {
+                        return Err(de::Error::custom("\"tables\" appears twice"));
+                    }
+                    tables = Some(map.next_value_seed(TablesSeed)?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let tables = tables.ok_or_else(|| de::Error::custom("missing \"tables\""))?;
+        Ok(Document {
+            kind,
+            meta,
+            timestamp,
+            tables,
+            integrity: Integrity::Unverified,
+        })
+    }
+}
+
+struct TablesSeed;
+
+impl<'de> DeserializeSeed<'de> for TablesSeed {
+    type Value = Vec<DocTable>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TablesSeed {
+    type Value = Vec<DocTable>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of tables")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let mut t = map.next_value_seed(TableSeed)?;
+            t.name = name;
+            out.push(t);
+        }
+        Ok(out)
+    }
+}
+
+struct TableSeed;
+
+impl<'de> DeserializeSeed<'de> for TableSeed {
+    type Value = DocTable;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<DocTable, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TableSeed {
+    type Value = DocTable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<DocTable, A::Error> {
+        let mut t = DocTable::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "primary_key" => t.primary_key = Some(map.next_value::<String>()?),
+                "schema" => t.schema = map.next_value::<Option<Value>>()?,
+                "records" | "upserts" => {
+                    let mut recs = map.next_value_seed(RecordsSeed)?;
+                    t.records.append(&mut recs);
+                }
+                "deletes" => {
+                    let keys: Vec<Value> = map.next_value()?;
+                    for k in &keys {
+                        t.deletes
+                            .push(Key::from_json(k, "deletes").map_err(de::Error::custom)?);
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+struct RecordsSeed;
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed {
+    type Value = Vec<Record>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Record>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed {
+    type Value = Vec<Record>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<Record>, A::Error> {
+        let mut out = Vec::new();
+        let mut scratch = Vec::with_capacity(256);
+        loop {
+            scratch.clear();
+            if seq
+                .next_element_seed(Transcode { out: &mut scratch })?
+                .is_none()
+            {
+                break;
+            }
+            if !matches!(scratch.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+                return Err(de::Error::custom(format_args!(
+                    "record #{} is not an object",
+                    out.len() + 1
+                )));
+            }
+            out.push(Record::from_validated(&scratch));
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MessagePack
+// ---------------------------------------------------------------------------
+
+fn parse_msgpack(bytes: &[u8]) -> std::result::Result<Document, String> {
+    let mut r = Reader::new(bytes);
+    let n = r.map_len().map_err(|e| format!("top level: {e}"))?;
+    let mut kind = DocKind::Full;
+    let mut meta = None;
+    let mut timestamp = None;
+    let mut tables = None;
+    for _ in 0..n {
+        let key = r.str()?;
+        match key {
+            "type" => {
+                kind = match r.str()? {
+                    "delta" => DocKind::Delta,
+                    "full" => DocKind::Full,
+                    other => return Err(format!("unknown document type `{other}`")),
+                }
+            }
+            "timestamp" => {
+                timestamp = Some(match r.tok()? {
+                    Tok::Float(f) => f,
+                    Tok::Uint(u) => u as f64,
+                    Tok::Int(i) => i as f64,
+                    other => return Err(format!("timestamp is {}", tok_name(&other))),
+                })
+            }
+            "dictdb" => {
+                let raw = r.raw_value()?;
+                meta = Some(
+                    rmp_serde::from_slice::<Meta>(raw)
+                        .map_err(|e| format!("dictdb metadata: {e}"))?,
+                );
+            }
+            "tables" => {
+                if tables.is_some() {
+                    return Err("\"tables\" appears twice".into());
+                }
+                tables = Some(msgpack_tables(&mut r)?);
+            }
+            _ => r.skip(0)?,
+        }
+    }
+    if !r.at_end() {
+        return Err(format!(
+            "trailing bytes after the document at byte {}",
+            r.pos
+        ));
+    }
+    Ok(Document {
+        kind,
+        meta,
+        timestamp,
+        tables: tables.ok_or("missing \"tables\"")?,
+        integrity: Integrity::Unverified,
+    })
+}
+
+fn msgpack_tables(r: &mut Reader<'_>) -> std::result::Result<Vec<DocTable>, String> {
+    let n = r.map_len().map_err(|e| format!("tables: {e}"))?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let mut t = DocTable {
+            name: r.str()?.to_string(),
+            ..DocTable::default()
+        };
+        let fields = r
+            .map_len()
+            .map_err(|e| format!("table `{}`: {e}", t.name))?;
+        for _ in 0..fields {
+            match r.str()? {
+                "primary_key" => t.primary_key = Some(r.str()?.to_string()),
+                "schema" => {
+                    let raw = r.raw_value()?;
+                    if raw != [0xc0] {
+                        let mut probe = Reader::new(raw);
+                        validate_record(&mut probe)
+                            .map_err(|e| format!("schema of `{}`: {e}", t.name))?;
+                        t.schema = Some(Record::from_validated(raw).to_value());
+                    }
+                }
+                "records" | "upserts" => {
+                    let count = r
+                        .array_len()
+                        .map_err(|e| format!("records of `{}`: {e}", t.name))?;
+                    // A claimed length is never trusted for allocation
+                    // beyond what the input could hold.
+                    t.records.reserve(count.min(r.remaining()));
+                    for i in 0..count {
+                        let rec = validate_record(r)
+                            .map_err(|e| format!("table `{}`, record #{}: {e}", t.name, i + 1))?;
+                        t.records.push(Record::from_validated(rec));
+                    }
+                }
+                "deletes" => {
+                    let count = r.array_len()?;
+                    for _ in 0..count {
+                        let k = match r.tok()? {
+                            Tok::Uint(u) => Key::Int(
+                                i64::try_from(u)
+                                    .map_err(|_| format!("delete key {u} out of range"))?,
+                            ),
+                            Tok::Int(i) => Key::Int(i),
+                            Tok::Str(s) => Key::from(s),
+                            other => return Err(format!("delete key is {}", tok_name(&other))),
+                        };
+                        t.deletes.push(k);
+                    }
+                }
+                _ => r.skip(0)?,
+            }
+        }
+        out.push(t);
+    }
+    Ok(out)
+}

@@ -1,0 +1,87 @@
+//! # dictdb
+//!
+//! An in-memory, dict-style database for Tokio services — named tables of
+//! JSON records keyed by a primary key — with a [`BackupManager`] that keeps
+//! it safe on disk: periodic full backups, incremental delta backups,
+//! debounced change-triggered backups, failure reporting and restore.
+//!
+//! It re-creates the backup system of the Python project DictDB and stays
+//! file-compatible with it: a JSON backup chain written by the original
+//! restores here, and one written here restores with the original's
+//! `DictDB.load` and `apply_delta`. Where the original loses data (dropped
+//! notifications, changes made during a backup, missed events, tables created
+//! after the last full backup, reused keys, torn files), dictdb does not.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use dictdb::{BackupConfig, BackupManager, DictDB, restore_dir};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> dictdb::Result<()> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir = tmp.path().join("backups");
+//! let db = DictDB::new();
+//! let users = db.create_table("users")?;
+//!
+//! let backups = BackupManager::start(
+//!     &db,
+//!     BackupConfig::new(&dir)
+//!         .incremental(true)
+//!         .backup_interval(Duration::from_secs(60)),
+//! )?;
+//!
+//! users.insert(json!({"name": "Alice"}))?;
+//! backups.backup_full().await?;           // a full backup
+//! users.insert(json!({"name": "Bob"}))?;
+//! backups.notify_change();                 // debounced, never lost
+//! backups.backup_delta().await?;           // only what changed
+//! backups.stop().await?;
+//!
+//! let restored = restore_dir(&dir).await?;
+//! assert_eq!(restored.db.table("users")?.len()?, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`db`](DictDB): the database handle, [`Table`] CRUD, the [`Mutation`]
+//!   stream ([`DictDB::subscribe`]) and O(1) [`Snapshot`]s.
+//! - [`Record`], [`Key`]: how records and primary keys are stored (compact
+//!   MessagePack, field order kept).
+//! - [`FileFormat`]: JSON in the Python layout, or MessagePack; with
+//!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
+//! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
+//!   [`BackupEvent`]s.
+//! - [`store`]: the [`BackupStore`] seam and the [`LocalStore`] directory.
+//! - [`restore`]: restoring a backup directory, verifying it.
+//! - [`Error`]: the one error type.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod backup;
+mod db;
+mod error;
+mod format;
+mod key;
+mod naming;
+mod persist;
+mod record;
+pub mod restore;
+pub mod store;
+
+pub use backup::{BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome};
+pub use db::{
+    Change, DictDB, Mutation, Snapshot, Table, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
+};
+pub use error::{Error, Result};
+pub use format::{FileFormat, Integrity};
+pub use key::Key;
+pub use naming::{BackupKind, BackupName, NameFormat};
+pub use persist::{apply_delta, SaveInfo};
+pub use record::Record;
+pub use restore::{restore_dir, verify_dir, Restored};
+pub use store::{BackupStore, LocalStore};

@@ -1,0 +1,271 @@
+//! A backup directory on the local file system.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{check_name, BackupStore, BackupWriter, StoredFile};
+use crate::error::{Error, Result};
+
+/// Prefix of temporary files; never one of ours or the original's names.
+const TMP_PREFIX: &str = ".dictdb-tmp-";
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A directory holding backup files.
+///
+/// Files are written to a hidden temporary name in the same directory,
+/// `fsync`ed, renamed to their final name, and the directory is `fsync`ed:
+/// a crash leaves either the complete file or no file under the final name.
+/// Blocking file-system calls run on tokio's blocking pool, never on the
+/// async worker threads.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    dir: Arc<PathBuf>,
+}
+
+impl LocalStore {
+    /// Opens (and creates if missing) a backup directory.
+    ///
+    /// A path that exists but is not a directory is an error.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<LocalStore> {
+        let dir = dir.into();
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "backup directory {} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        Ok(LocalStore { dir: Arc::new(dir) })
+    }
+
+    /// A store over an existing directory, without creating it (for reading).
+    pub fn existing(dir: impl Into<PathBuf>) -> Result<LocalStore> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir.display(),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            ));
+        }
+        Ok(LocalStore { dir: Arc::new(dir) })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.dir.join(name))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store {
+            path: "blocking task".into(),
+            message: e.to_string(),
+        })?
+}
+
+/// `fsync` of a directory, so a rename in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io(dir.display(), e))?;
+    d.sync_all().map_err(|e| Error::Sync {
+        path: dir.display().to_string(),
+        source: e,
+    })
+}
+
+/// Writes a file atomically and durably: temporary name, `fsync`, no-clobber
+/// rename, directory `fsync`. Used by [`crate::DictDB::save`].
+pub(crate) fn write_atomic<T>(
+    path: &Path,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<T>,
+) -> Result<T> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path.display(), std::io::Error::other("not a file path")))?
+        .to_string_lossy()
+        .to_string();
+    let mut w = TmpFile::create(&dir, &name)?;
+    let out = produce(&mut |chunk| w.write(&chunk))?;
+    w.commit(true)?;
+    Ok(out)
+}
+
+/// A temporary file on its way to a final name.
+struct TmpFile {
+    dir: PathBuf,
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<File>,
+}
+
+impl TmpFile {
+    fn create(dir: &Path, name: &str) -> Result<TmpFile> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(tmp.display(), e))?;
+        Ok(TmpFile {
+            dir: dir.to_path_buf(),
+            tmp,
+            dest: dir.join(name),
+            file: Some(file),
+        })
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().ok_or_else(|| {
+            Error::io(self.tmp.display(), std::io::Error::other("already closed"))
+        })?;
+        f.write_all(chunk)
+            .map_err(|e| Error::io(self.tmp.display(), e))
+    }
+
+    /// fsync, rename, fsync the directory. `replace` lets `save` overwrite
+    /// its target; backups never replace an existing file.
+    fn commit(mut self, replace: bool) -> Result<()> {
+        let Some(f) = self.file.take() else {
+            return Err(Error::io(
+                self.tmp.display(),
+                std::io::Error::other("already closed"),
+            ));
+        };
+        f.sync_all().map_err(|e| Error::Sync {
+            path: self.tmp.display().to_string(),
+            source: e,
+        })?;
+        drop(f);
+        if !replace && self.dest.exists() {
+            return Err(Error::io(
+                self.dest.display(),
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file already exists"),
+            ));
+        }
+        fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(self.dest.display(), e))?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // The file is complete but its name may not survive a crash:
+            // report the failure and leave nothing we cannot vouch for.
+            let _ = fs::remove_file(&self.dest);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        // Committed files have been renamed away; anything else is removed.
+        if self.tmp.exists() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct LocalWriter {
+    tmp: Option<TmpFile>,
+}
+
+#[async_trait]
+impl BackupWriter for LocalWriter {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        let mut tmp = self.tmp.take().ok_or_else(|| Error::Store {
+            path: "writer".into(),
+            message: "write after a failed write".into(),
+        })?;
+        let tmp = blocking(move || tmp.write(&chunk).map(|()| tmp)).await?;
+        self.tmp = Some(tmp);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        let tmp = self.tmp.take().ok_or_else(|| Error::Store {
+            path: "writer".into(),
+            message: "commit after a failed write".into(),
+        })?;
+        blocking(move || tmp.commit(false)).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = blocking(move || {
+                drop(tmp);
+                Ok(())
+            })
+            .await;
+        }
+    }
+}
+
+#[async_trait]
+impl BackupStore for LocalStore {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    async fn list(&self) -> Result<Vec<StoredFile>> {
+        let dir = Arc::clone(&self.dir);
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in fs::read_dir(&*dir).map_err(|e| Error::io(dir.display(), e))? {
+                let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Error::io(entry.path().display(), e))?;
+                if meta.is_file() {
+                    out.push(StoredFile {
+                        name,
+                        size: meta.len(),
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
+        self.path(name)?;
+        let dir = Arc::clone(&self.dir);
+        let name = name.to_string();
+        let tmp = blocking(move || TmpFile::create(&dir, &name)).await?;
+        Ok(Box::new(LocalWriter { tmp: Some(tmp) }))
+    }
+
+    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(name)?;
+        blocking(move || fs::read(&path).map_err(|e| Error::io(path.display(), e))).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        let dir = Arc::clone(&self.dir);
+        blocking(move || {
+            fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+}

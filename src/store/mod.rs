@@ -1,0 +1,103 @@
+//! The storage seam: where backup files live.
+//!
+//! Every byte a [`crate::BackupManager`] writes and every file restore reads
+//! goes through a [`BackupStore`]. [`LocalStore`] is a directory on disk;
+//! tests plug in stores that fail on demand, and object storage plugs in the
+//! same way.
+
+pub(crate) mod local;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub use local::LocalStore;
+
+use crate::error::{Error, Result};
+
+/// One file (or object) in a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    /// The file name, without any directory or prefix.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where backup files are kept.
+///
+/// Implementations must make a file visible under its final name only once
+/// it is complete and durable ([`BackupWriter::commit`]); a failed or
+/// abandoned write must leave nothing under the final name.
+#[async_trait]
+pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
+    /// Where the store points (a directory path or a URL), for messages.
+    fn location(&self) -> String;
+
+    /// Every file in the store (temporary files excluded).
+    async fn list(&self) -> Result<Vec<StoredFile>>;
+
+    /// Starts writing the file `name`. Nothing is visible under `name` until
+    /// the writer commits.
+    async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>>;
+
+    /// Reads a whole file.
+    async fn read(&self, name: &str) -> Result<Vec<u8>>;
+
+    /// Deletes a file.
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// A file being written to a [`BackupStore`].
+#[async_trait]
+pub trait BackupWriter: Send {
+    /// Appends a chunk.
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
+
+    /// Makes the file durable and visible under its final name. On error,
+    /// nothing is left under the final name.
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards everything written so far.
+    async fn abort(self: Box<Self>);
+}
+
+/// Checks a file name handed to a store: a plain name, never a path.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+        || name.len() > 255;
+    if bad {
+        return Err(Error::Store {
+            path: format!("{name:?}"),
+            message: "not a plain file name (path separators, `..`, control characters and empty names are refused)".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("dictdb_backup_1_000001.json").is_ok());
+    }
+}

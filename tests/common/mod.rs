@@ -1,0 +1,62 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dictdb::DictDB;
+use serde_json::{json, Value};
+
+/// The directory of the real backup chain written by the Python original.
+pub fn python_fixture_dir() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for candidate in [
+        here.join("../shared/fixtures/python-dictdb"),
+        here.join("tests/fixtures/python-dictdb"),
+    ] {
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!(
+        "python fixture directory not found next to {}",
+        here.display()
+    );
+}
+
+/// The whole state of a database as plain JSON: `{table: {"primary_key", "records": [...]}}`
+/// with records in key order, the shape of the fixture's `expected_final.json`.
+pub fn dump(db: &DictDB) -> Value {
+    let snap = db.snapshot();
+    let mut out = serde_json::Map::new();
+    for t in snap.tables() {
+        let records: Vec<Value> = t.iter().map(|(_, r)| r.to_value()).collect();
+        out.insert(
+            t.name().to_string(),
+            json!({"primary_key": t.primary_key(), "records": records}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// Records of every table keyed by their JSON key text, for order-free comparison.
+pub fn table_map(db: &DictDB) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let snap = db.snapshot();
+    snap.tables()
+        .iter()
+        .map(|t| {
+            (
+                t.name().to_string(),
+                t.iter()
+                    .map(|(k, r)| (k.to_string(), r.to_value()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A record of the standard workload (WORKLOAD.md).
+pub fn workload_record(i: i64) -> Value {
+    json!({"id": i, "name": format!("user_{i}"), "email": format!("user_{i}@example.com"),
+           "age": i % 100, "active": i % 2 == 0, "score": i as f64 * 0.5, "tags": ["a", "b"]})
+}
