@@ -504,6 +504,9 @@ pub struct FileReport {
     pub status: std::result::Result<Integrity, Error>,
     /// Sequence range, when recorded.
     pub seq: Option<(u64, u64)>,
+    /// Time the file was written (from its name, else from a delta's
+    /// `timestamp`), in seconds since the epoch.
+    pub timestamp: Option<f64>,
     /// Number of tables in the file.
     pub tables: usize,
     /// Records (full) or changes (delta) in the file.
@@ -543,66 +546,102 @@ pub async fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 pub async fn verify_store(store: Arc<dyn BackupStore>) -> Result<VerifyReport> {
     let mut files = Vec::new();
     for f in store.list().await? {
-        let Some(name) = BackupName::parse(&f.name) else {
-            files.push(FileReport {
-                name: f.name,
-                kind: None,
-                size: f.size,
-                status: Ok(Integrity::Unverified),
-                seq: None,
-                tables: 0,
-                records: 0,
-            });
-            continue;
+        let bytes = match BackupName::parse(&f.name) {
+            Some(_) => Some(store.read(&f.name).await),
+            None => None,
         };
-        let c = Candidate { name, file: f };
-        let parsed: Result<Document> = match c.format() {
-            Err(e) => Err(e),
-            Ok(format) => match store.read(&c.file.name).await {
-                Err(e) => Err(e),
-                Ok(bytes) => {
-                    let n = c.file.name.clone();
-                    tokio::task::spawn_blocking(move || parse_document(&bytes, format, &n))
-                        .await
-                        .map_err(|e| Error::corrupt(&c.file.name, e))
-                        .and_then(|r| r)
-                }
-            },
-        };
-        let (status, seq, tables, records) = match parsed {
-            Ok(doc) => {
-                let expected = match c.name.kind {
-                    BackupKind::Full => DocKind::Full,
-                    BackupKind::Delta => DocKind::Delta,
-                };
-                let records = doc
-                    .tables
-                    .iter()
-                    .map(|t| t.records.len() + t.deletes.len())
-                    .sum();
-                let seq = doc.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq));
-                let status = if doc.kind == expected {
-                    Ok(doc.integrity.clone())
-                } else {
-                    Err(Error::corrupt(
-                        &c.file.name,
-                        "the name and the content disagree on the kind",
-                    ))
-                };
-                (status, seq, doc.tables.len(), records)
-            }
-            Err(e) => (Err(e), None, 0, 0),
-        };
-        files.push(FileReport {
-            name: c.file.name.clone(),
-            kind: Some(c.name.kind),
-            size: c.file.size,
-            status,
-            seq,
-            tables,
-            records,
-        });
+        files.push(report(f, bytes).await);
     }
     let chain = Restore::new(store).plan().await.map(|r| r.applied);
     Ok(VerifyReport { files, chain })
+}
+
+/// Checks one file on its own: parses it fully and checks its checksum.
+/// A file whose name is not a backup name is reported with `kind: None`.
+pub async fn inspect_file(path: impl AsRef<Path>) -> Result<FileReport> {
+    let path = path.as_ref();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .ok_or_else(|| Error::io(path.display(), std::io::Error::other("not a file")))?;
+    let p = path.to_path_buf();
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(&p))
+        .await
+        .map_err(|e| Error::io(path.display(), std::io::Error::other(e.to_string())))?
+        .map_err(|e| Error::io(path.display(), e))?;
+    let file = StoredFile {
+        name,
+        size: bytes.len() as u64,
+    };
+    // Outside the naming scheme, the extension still tells the format.
+    if BackupName::parse(&file.name).is_none() {
+        let format = crate::persist::format_of_path(path)?;
+        let n = file.name.clone();
+        let doc = tokio::task::spawn_blocking(move || parse_document(&bytes, format, &n))
+            .await
+            .map_err(|e| Error::corrupt(&file.name, e))??;
+        return Ok(summarize(file, None, Ok(doc)));
+    }
+    Ok(report(file, Some(Ok(bytes))).await)
+}
+
+async fn report(f: StoredFile, bytes: Option<Result<Vec<u8>>>) -> FileReport {
+    let (Some(name), Some(bytes)) = (BackupName::parse(&f.name), bytes) else {
+        return FileReport {
+            name: f.name,
+            kind: None,
+            size: f.size,
+            status: Ok(Integrity::Unverified),
+            seq: None,
+            timestamp: None,
+            tables: 0,
+            records: 0,
+        };
+    };
+    let c = Candidate { name, file: f };
+    let parsed: Result<Document> = match (c.format(), bytes) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(format), Ok(bytes)) => {
+            let n = c.file.name.clone();
+            tokio::task::spawn_blocking(move || parse_document(&bytes, format, &n))
+                .await
+                .map_err(|e| Error::corrupt(&c.file.name, e))
+                .and_then(|r| r)
+        }
+    };
+    summarize(c.file, Some(c.name.kind), parsed)
+}
+
+fn summarize(file: StoredFile, kind: Option<BackupKind>, parsed: Result<Document>) -> FileReport {
+    let mut timestamp = BackupName::parse(&file.name).map(|n| n.timestamp());
+    let mut kind = kind;
+    let (status, seq, tables, records) = match parsed {
+        Ok(doc) => {
+            let actual = match doc.kind {
+                DocKind::Full => BackupKind::Full,
+                DocKind::Delta => BackupKind::Delta,
+            };
+            let records = doc.tables.iter().map(|t| t.records.len() + t.deletes.len()).sum();
+            let seq = doc.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq));
+            let status = if kind.is_none_or(|k| k == actual) {
+                Ok(doc.integrity.clone())
+            } else {
+                Err(Error::corrupt(&file.name, "the name and the content disagree on the kind"))
+            };
+            kind = kind.or(Some(actual));
+            timestamp = timestamp.or(doc.timestamp);
+            (status, seq, doc.tables.len(), records)
+        }
+        Err(e) => (Err(e), None, 0, 0),
+    };
+    FileReport {
+        name: file.name,
+        kind,
+        size: file.size,
+        status,
+        seq,
+        timestamp,
+        tables,
+        records,
+    }
 }
