@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fault;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -59,4 +61,22 @@ pub fn table_map(db: &DictDB) -> BTreeMap<String, BTreeMap<String, Value>> {
 pub fn workload_record(i: i64) -> Value {
     json!({"id": i, "name": format!("user_{i}"), "email": format!("user_{i}@example.com"),
            "age": i % 100, "active": i % 2 == 0, "score": i as f64 * 0.5, "tags": ["a", "b"]})
+}
+
+/// Names of the backup files in `dir`, sorted, as (kind, name).
+pub fn backup_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("dictdb_"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Lets the actor run: a few scheduler turns without moving paused time.
+pub async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
 }
