@@ -1,0 +1,400 @@
+//! The standard workload (WORKLOAD.md), measured in one process.
+//!
+//! ```text
+//! cargo run --release --example bench_report -- --records N --out FILE.json [--reps R] [--dir DIR]
+//! ```
+//!
+//! Prints a readable table and writes FILE.json, one flat object of numbers
+//! with the keys WORKLOAD.md fixes. Every time is the median of `R`
+//! repetitions (default 3), and the hardware/library limits are measured in
+//! the same run, so ratios hold on a noisy machine.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dictdb::{restore_dir, BackupConfig, BackupManager, DictDB, FileFormat, Table};
+use serde_json::{json, Value};
+
+struct Args {
+    records: usize,
+    out: PathBuf,
+    reps: usize,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut records = 1_000_000;
+    let mut out = PathBuf::from("bench_report.json");
+    let mut reps = 3;
+    let mut dir = std::env::temp_dir().join(format!("dictdb-bench-{}", std::process::id()));
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--records" => {
+                records = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--records takes a number"))
+            }
+            "--out" => out = PathBuf::from(val()),
+            "--reps" => {
+                reps = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--reps takes a number"))
+            }
+            "--dir" => dir = PathBuf::from(val()),
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    Args {
+        records,
+        out,
+        reps: reps.max(1),
+        dir,
+    }
+}
+
+fn usage(msg: &str) -> ! {
+    if !msg.is_empty() {
+        eprintln!("error: {msg}");
+    }
+    eprintln!("usage: bench_report --records N --out FILE.json [--reps R] [--dir DIR]");
+    std::process::exit(2);
+}
+
+/// The standard workload record.
+fn record(i: i64) -> Value {
+    json!({"id": i, "name": format!("user_{i}"), "email": format!("user_{i}@example.com"),
+           "age": i % 100, "active": i % 2 == 0, "score": i as f64 * 0.5, "tags": ["a", "b"]})
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn fresh_dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("bench directory");
+    d
+}
+
+fn insert_all(users: &Table, n: usize) -> Duration {
+    let t = Instant::now();
+    for i in 1..=n as i64 {
+        users.insert(record(i)).expect("insert");
+    }
+    t.elapsed()
+}
+
+/// 1% of the table: 50% updates, 30% inserts, 20% deletes.
+fn one_percent(users: &Table, n: usize, round: usize, next: &mut i64) {
+    let changes = (n / 100).max(10);
+    let stride = (n / (changes / 2)).max(1) as i64;
+    let offset = round as i64 * 7 + 1;
+    for j in 0..changes / 2 {
+        let id = (offset + j as i64 * stride) % n as i64 + 1;
+        let _ = users.update(id, json!({"score": round as f64 + 0.25, "age": 42}));
+    }
+    for _ in 0..changes * 3 / 10 {
+        *next += 1;
+        users.insert(record(*next)).expect("insert");
+    }
+    for j in 0..changes / 5 {
+        let id = (offset + 3 + j as i64 * stride * 2) % n as i64 + 1;
+        let _ = users.delete(id);
+    }
+}
+
+/// The limit: the same records as `Vec<Value>`, written with a 1 MiB
+/// BufWriter, fsync, rename, fsync of the directory.
+fn limit_write(values: &[Value], dir: &Path, msgpack: bool) -> f64 {
+    let tmp = dir.join("limit.tmp");
+    let dst = dir.join(if msgpack {
+        "limit.msgpack"
+    } else {
+        "limit.json"
+    });
+    let t = Instant::now();
+    {
+        let f = File::create(&tmp).expect("limit file");
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        if msgpack {
+            rmp_serde::encode::write_named(&mut w, values).expect("rmp-serde");
+        } else {
+            serde_json::to_writer(&mut w, values).expect("serde_json");
+        }
+        w.flush().expect("flush");
+        w.get_ref().sync_all().expect("fsync");
+    }
+    std::fs::rename(&tmp, &dst).expect("rename");
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
+    let s = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&dst);
+    s
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = parse_args();
+    let n = args.records;
+    let reps = args.reps;
+    std::fs::create_dir_all(&args.dir).expect("bench directory");
+    let mut out = serde_json::Map::new();
+    let mut put = |k: &str, v: f64| {
+        out.insert(k.to_string(), json!(v));
+    };
+    put("records", n as f64);
+    eprintln!(
+        "dictdb bench report: {n} records, {reps} repetitions, files in {}",
+        args.dir.display()
+    );
+
+    // --- inserts, bare, and memory per record (first repetition) ---------
+    let mut bare = Vec::new();
+    let mut rss_per_record = 0.0;
+    for rep in 0..reps {
+        let db = DictDB::new();
+        let users = db.create_table("users").unwrap();
+        let before = rss_bytes();
+        let el = insert_all(&users, n);
+        if rep == 0 {
+            rss_per_record = rss_bytes().saturating_sub(before) as f64 / n as f64;
+        }
+        bare.push(n as f64 / el.as_secs_f64());
+    }
+    put("insert_bare_per_s", median(bare));
+    put("rss_bytes_per_record", rss_per_record);
+
+    // --- inserts with an incremental manager folding every event ---------
+    let mut managed = Vec::new();
+    for rep in 0..reps {
+        let db = DictDB::new();
+        let users = db.create_table("users").unwrap();
+        let dir = fresh_dir(&args.dir, &format!("managed-{rep}"));
+        let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true)).unwrap();
+        let el = insert_all(&users, n);
+        managed.push(n as f64 / el.as_secs_f64());
+        m.stop().await.unwrap();
+    }
+    put("insert_managed_per_s", median(managed));
+
+    // --- the table every later step works on ------------------------------
+    let db = DictDB::new();
+    let users = db.create_table("users").unwrap();
+    insert_all(&users, n);
+    let mut next_id = n as i64;
+
+    // --- full backups and their limits ------------------------------------
+    let values: Vec<Value> = db
+        .snapshot()
+        .table("users")
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.to_value())
+        .collect();
+    for (format, key) in [
+        (FileFormat::Json, "json"),
+        (FileFormat::MessagePack, "msgpack"),
+    ] {
+        let dir = fresh_dir(&args.dir, &format!("full-{key}"));
+        let m = BackupManager::start(&db, BackupConfig::new(&dir).file_format(format)).unwrap();
+        let (mut times, mut limits, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..reps {
+            limits.push(limit_write(
+                &values,
+                &dir,
+                format == FileFormat::MessagePack,
+            ));
+            let t = Instant::now();
+            let info = m.backup_full().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            bytes = info.bytes;
+            std::fs::remove_file(dir.join(&info.file)).unwrap();
+        }
+        m.stop().await.unwrap();
+        put(&format!("full_{key}_s"), median(times));
+        put(&format!("full_{key}_bytes"), bytes as f64);
+        put(&format!("limit_{key}_s"), median(limits));
+    }
+    drop(values);
+
+    // --- writer stalls while a full backup runs ----------------------------
+    {
+        let dir = fresh_dir(&args.dir, "stall");
+        let m = BackupManager::start(&db, BackupConfig::new(&dir)).unwrap();
+        let (mut maxes, mut p99s, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 0..reps {
+            let running = Arc::new(AtomicBool::new(true));
+            let writer = {
+                let users = users.clone();
+                let running = Arc::clone(&running);
+                let n = n as i64;
+                std::thread::spawn(move || {
+                    let mut lat = Vec::with_capacity(1 << 20);
+                    let mut i = 0i64;
+                    while running.load(Ordering::Relaxed) {
+                        i += 1;
+                        let id = (i * 7919 + rep as i64) % n + 1;
+                        let t = Instant::now();
+                        let _ = users.update(id, json!({"stall": i}));
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            };
+            let info = m.backup_full().await.unwrap();
+            running.store(false, Ordering::Relaxed);
+            let mut lat = writer.join().unwrap();
+            std::fs::remove_file(dir.join(&info.file)).unwrap();
+            lat.sort_unstable();
+            let max = *lat.last().unwrap_or(&0) as f64 / 1e3;
+            let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1e3;
+            maxes.push(max);
+            p99s.push(p99);
+            counts.push(lat.len() as f64);
+        }
+        m.stop().await.unwrap();
+        put("stall_max_us", median(maxes));
+        put("stall_p99_us", median(p99s));
+        put("stall_writes", median(counts));
+    }
+
+    // --- deltas after 1% changes -------------------------------------------
+    {
+        let dir = fresh_dir(&args.dir, "delta");
+        let m = BackupManager::start(
+            &db,
+            BackupConfig::new(&dir)
+                .incremental(true)
+                .max_deltas_before_full(1000),
+        )
+        .unwrap();
+        let full = m.backup_full().await.unwrap();
+        std::fs::remove_file(dir.join(&full.file)).unwrap();
+        let (mut times, mut bytes) = (Vec::new(), 0);
+        for rep in 0..reps {
+            one_percent(&users, n, rep, &mut next_id);
+            let t = Instant::now();
+            let out = m.backup_delta().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            bytes = out.info().map_or(0, |i| i.bytes);
+        }
+        m.stop().await.unwrap();
+        put("delta_1pct_s", median(times));
+        put("delta_1pct_bytes", bytes as f64);
+    }
+
+    // --- restore: JSON full backup plus 10 deltas of 1% ---------------------
+    {
+        let dir = fresh_dir(&args.dir, "restore");
+        let m = BackupManager::start(
+            &db,
+            BackupConfig::new(&dir)
+                .incremental(true)
+                .max_deltas_before_full(1000),
+        )
+        .unwrap();
+        let full = m.backup_full().await.unwrap();
+        for round in 0..10 {
+            one_percent(&users, n, 100 + round, &mut next_id);
+            m.backup_delta().await.unwrap();
+        }
+        m.stop().await.unwrap();
+        let (mut times, mut limits) = (Vec::new(), Vec::new());
+        let full_path = dir.join(&full.file);
+        for _ in 0..reps {
+            let bytes = std::fs::read(&full_path).unwrap();
+            let t = Instant::now();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            limits.push(t.elapsed().as_secs_f64());
+            drop(v);
+            let t = Instant::now();
+            let restored = restore_dir(&dir).await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(
+                restored.db.seq(),
+                db.seq(),
+                "restore reached the live state"
+            );
+        }
+        put("restore_json_s", median(times));
+        put("limit_parse_json_s", median(limits));
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+
+    // --- report ---------------------------------------------------------------
+    let g = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    println!("dictdb bench report, N = {n} (medians of {reps})");
+    println!("{:<24}{:>16}  {}", "key", "value", "ratio / target");
+    let rows: [(&str, String); 16] = [
+        ("insert_bare_per_s", format!("target >= 500000")),
+        (
+            "insert_managed_per_s",
+            format!(
+                "{:.2} x bare (target >= 0.7)",
+                g("insert_managed_per_s") / g("insert_bare_per_s")
+            ),
+        ),
+        (
+            "full_json_s",
+            format!(
+                "{:.2} x limit (target <= 1.5)",
+                g("full_json_s") / g("limit_json_s")
+            ),
+        ),
+        ("full_json_bytes", String::new()),
+        ("limit_json_s", String::new()),
+        (
+            "full_msgpack_s",
+            format!(
+                "{:.2} x limit (target <= 1.5)",
+                g("full_msgpack_s") / g("limit_msgpack_s")
+            ),
+        ),
+        ("full_msgpack_bytes", String::new()),
+        ("limit_msgpack_s", String::new()),
+        ("delta_1pct_s", "target <= 0.05 s".into()),
+        ("delta_1pct_bytes", String::new()),
+        ("stall_max_us", "target <= 2000".into()),
+        ("stall_p99_us", "target <= 50".into()),
+        ("stall_writes", String::new()),
+        (
+            "restore_json_s",
+            format!(
+                "{:.2} x limit (target <= 2)",
+                g("restore_json_s") / g("limit_parse_json_s")
+            ),
+        ),
+        ("limit_parse_json_s", String::new()),
+        ("rss_bytes_per_record", "target <= 600".into()),
+    ];
+    for (k, note) in rows {
+        println!("{k:<24}{:>16.4}  {note}", g(k));
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(out)).unwrap();
+    std::fs::write(&args.out, text + "\n")
+        .unwrap_or_else(|e| usage(&format!("cannot write {}: {e}", args.out.display())));
+    eprintln!("wrote {}", args.out.display());
+}
