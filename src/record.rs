@@ -343,6 +343,19 @@ pub(crate) struct Reader<'a> {
     pub(crate) pos: usize,
 }
 
+/// One MessagePack item header, strings unchecked.
+#[derive(Debug, Clone, Copy)]
+enum RawTok<'a> {
+    Nil,
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+    Array(usize),
+    Map(usize),
+}
+
 /// One MessagePack item header.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Tok<'a> {
@@ -391,56 +404,69 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    fn str_body(&mut self, n: usize) -> Result<&'a str, String> {
-        let at = self.pos;
-        let s = self.take(n)?;
-        std::str::from_utf8(s).map_err(|_| format!("invalid UTF-8 in string at byte {at}"))
-    }
-
-    /// Reads the next item header.
-    pub(crate) fn tok(&mut self) -> Result<Tok<'a>, String> {
+    /// Reads the next item header; strings come back as raw bytes.
+    #[inline]
+    fn raw_tok(&mut self) -> Result<RawTok<'a>, String> {
         let at = self.pos;
         let m = self.byte()?;
         Ok(match m {
-            0x00..=0x7f => Tok::Uint(u64::from(m)),
-            0x80..=0x8f => Tok::Map(usize::from(m & 0x0f)),
-            0x90..=0x9f => Tok::Array(usize::from(m & 0x0f)),
-            0xa0..=0xbf => Tok::Str(self.str_body(usize::from(m & 0x1f))?),
-            0xc0 => Tok::Nil,
-            0xc2 => Tok::Bool(false),
-            0xc3 => Tok::Bool(true),
-            0xca => Tok::Float(f64::from(f32::from_be_bytes(self.be()?))),
-            0xcb => Tok::Float(f64::from_be_bytes(self.be()?)),
-            0xcc => Tok::Uint(u64::from(self.byte()?)),
-            0xcd => Tok::Uint(u64::from(u16::from_be_bytes(self.be()?))),
-            0xce => Tok::Uint(u64::from(u32::from_be_bytes(self.be()?))),
-            0xcf => Tok::Uint(u64::from_be_bytes(self.be()?)),
-            0xd0 => Tok::Int(i64::from(self.byte()? as i8)),
-            0xd1 => Tok::Int(i64::from(i16::from_be_bytes(self.be()?))),
-            0xd2 => Tok::Int(i64::from(i32::from_be_bytes(self.be()?))),
-            0xd3 => Tok::Int(i64::from_be_bytes(self.be()?)),
+            0x00..=0x7f => RawTok::Uint(u64::from(m)),
+            0x80..=0x8f => RawTok::Map(usize::from(m & 0x0f)),
+            0x90..=0x9f => RawTok::Array(usize::from(m & 0x0f)),
+            0xa0..=0xbf => RawTok::Str(self.take(usize::from(m & 0x1f))?),
+            0xc0 => RawTok::Nil,
+            0xc2 => RawTok::Bool(false),
+            0xc3 => RawTok::Bool(true),
+            0xca => RawTok::Float(f64::from(f32::from_be_bytes(self.be()?))),
+            0xcb => RawTok::Float(f64::from_be_bytes(self.be()?)),
+            0xcc => RawTok::Uint(u64::from(self.byte()?)),
+            0xcd => RawTok::Uint(u64::from(u16::from_be_bytes(self.be()?))),
+            0xce => RawTok::Uint(u64::from(u32::from_be_bytes(self.be()?))),
+            0xcf => RawTok::Uint(u64::from_be_bytes(self.be()?)),
+            0xd0 => RawTok::Int(i64::from(self.byte()? as i8)),
+            0xd1 => RawTok::Int(i64::from(i16::from_be_bytes(self.be()?))),
+            0xd2 => RawTok::Int(i64::from(i32::from_be_bytes(self.be()?))),
+            0xd3 => RawTok::Int(i64::from_be_bytes(self.be()?)),
             0xd9 => {
                 let n = usize::from(self.byte()?);
-                Tok::Str(self.str_body(n)?)
+                RawTok::Str(self.take(n)?)
             }
             0xda => {
                 let n = usize::from(u16::from_be_bytes(self.be()?));
-                Tok::Str(self.str_body(n)?)
+                RawTok::Str(self.take(n)?)
             }
             0xdb => {
                 let n = u32::from_be_bytes(self.be()?) as usize;
-                Tok::Str(self.str_body(n)?)
+                RawTok::Str(self.take(n)?)
             }
-            0xdc => Tok::Array(usize::from(u16::from_be_bytes(self.be()?))),
-            0xdd => Tok::Array(u32::from_be_bytes(self.be()?) as usize),
-            0xde => Tok::Map(usize::from(u16::from_be_bytes(self.be()?))),
-            0xdf => Tok::Map(u32::from_be_bytes(self.be()?) as usize),
-            0xe0..=0xff => Tok::Int(i64::from(m as i8)),
+            0xdc => RawTok::Array(usize::from(u16::from_be_bytes(self.be()?))),
+            0xdd => RawTok::Array(u32::from_be_bytes(self.be()?) as usize),
+            0xde => RawTok::Map(usize::from(u16::from_be_bytes(self.be()?))),
+            0xdf => RawTok::Map(u32::from_be_bytes(self.be()?) as usize),
+            0xe0..=0xff => RawTok::Int(i64::from(m as i8)),
             0xc4..=0xc6 => return Err(format!("binary data at byte {at} is not a JSON value")),
             0xc7..=0xc9 | 0xd4..=0xd8 => {
                 return Err(format!("extension type at byte {at} is not a JSON value"))
             }
             _ => return Err(format!("invalid MessagePack marker 0x{m:02x} at byte {at}")),
+        })
+    }
+
+    /// Reads the next item header, checking that strings are UTF-8.
+    pub(crate) fn tok(&mut self) -> Result<Tok<'a>, String> {
+        let at = self.pos;
+        Ok(match self.raw_tok()? {
+            RawTok::Nil => Tok::Nil,
+            RawTok::Bool(b) => Tok::Bool(b),
+            RawTok::Uint(u) => Tok::Uint(u),
+            RawTok::Int(i) => Tok::Int(i),
+            RawTok::Float(f) => Tok::Float(f),
+            RawTok::Str(s) => Tok::Str(
+                std::str::from_utf8(s)
+                    .map_err(|_| format!("invalid UTF-8 in string at byte {at}"))?,
+            ),
+            RawTok::Array(n) => Tok::Array(n),
+            RawTok::Map(n) => Tok::Map(n),
         })
     }
 
@@ -651,9 +677,21 @@ static ESCAPE: [u8; 256] = [
 
 /// Writes `s` as a JSON string literal (UTF-8 kept as is, as serde_json does).
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    write_json_bytes(out, s.as_bytes());
+}
+
+/// Writes UTF-8 bytes as a JSON string literal.
+#[inline]
+fn write_json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     static HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let bytes = s.as_bytes();
+    // Fast path: most strings need no escaping at all.
+    if bytes.iter().all(|&b| ESCAPE[usize::from(b)] == 0) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc = ESCAPE[usize::from(b)];
@@ -710,18 +748,20 @@ fn write_json_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Resu
     if depth > MAX_DEPTH {
         return Err("nesting too deep".into());
     }
-    match r.tok()? {
-        Tok::Nil => out.extend_from_slice(b"null"),
-        Tok::Bool(true) => out.extend_from_slice(b"true"),
-        Tok::Bool(false) => out.extend_from_slice(b"false"),
-        Tok::Uint(u) => {
+    // Strings are copied as raw bytes: every stored record was checked to be
+    // UTF-8 when it was created, so checking again would only cost time.
+    match r.raw_tok()? {
+        RawTok::Nil => out.extend_from_slice(b"null"),
+        RawTok::Bool(true) => out.extend_from_slice(b"true"),
+        RawTok::Bool(false) => out.extend_from_slice(b"false"),
+        RawTok::Uint(u) => {
             let mut b = itoa::Buffer::new();
             out.extend_from_slice(b.format(u).as_bytes());
         }
-        Tok::Int(i) => write_json_int(out, i),
-        Tok::Float(f) => write_json_f64(out, f),
-        Tok::Str(s) => write_json_str(out, s),
-        Tok::Array(n) => {
+        RawTok::Int(i) => write_json_int(out, i),
+        RawTok::Float(f) => write_json_f64(out, f),
+        RawTok::Str(s) => write_json_bytes(out, s),
+        RawTok::Array(n) => {
             out.push(b'[');
             for i in 0..n {
                 if i > 0 {
@@ -731,14 +771,16 @@ fn write_json_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Resu
             }
             out.push(b']');
         }
-        Tok::Map(n) => {
+        RawTok::Map(n) => {
             out.push(b'{');
             for i in 0..n {
                 if i > 0 {
                     out.push(b',');
                 }
-                let k = r.str()?;
-                write_json_str(out, k);
+                match r.raw_tok()? {
+                    RawTok::Str(k) => write_json_bytes(out, k),
+                    _ => return Err("map key is not a string".into()),
+                }
                 out.push(b':');
                 write_json_value(out, r, depth + 1)?;
             }
