@@ -242,9 +242,16 @@ impl Restore {
         let mut affected = Vec::new();
         let mut stopped = None;
         let base_name = base_c.file.name.clone();
+        // The chain of a full backup ends where the next full backup begins:
+        // later deltas build on that one (or on one after it).
+        let chain_end = all
+            .iter()
+            .find(|c| c.name.kind == BackupKind::Full && c.name > base_c.name)
+            .map(|c| c.name.clone());
         for c in all
             .iter()
             .filter(|c| c.name.kind == BackupKind::Delta && c.name > base_c.name)
+            .filter(|c| chain_end.as_ref().is_none_or(|end| c.name < *end))
         {
             let step = self
                 .delta_step(c, &base_name, base_meta.is_some(), seq, load, &db)
@@ -621,12 +628,19 @@ fn summarize(file: StoredFile, kind: Option<BackupKind>, parsed: Result<Document
                 DocKind::Full => BackupKind::Full,
                 DocKind::Delta => BackupKind::Delta,
             };
-            let records = doc.tables.iter().map(|t| t.records.len() + t.deletes.len()).sum();
+            let records = doc
+                .tables
+                .iter()
+                .map(|t| t.records.len() + t.deletes.len())
+                .sum();
             let seq = doc.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq));
             let status = if kind.is_none_or(|k| k == actual) {
                 Ok(doc.integrity.clone())
             } else {
-                Err(Error::corrupt(&file.name, "the name and the content disagree on the kind"))
+                Err(Error::corrupt(
+                    &file.name,
+                    "the name and the content disagree on the kind",
+                ))
             };
             kind = kind.or(Some(actual));
             timestamp = timestamp.or(doc.timestamp);
