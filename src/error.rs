@@ -33,6 +33,11 @@ pub enum Error {
     #[error("a record must be a JSON object, got {0}")]
     NotAnObject(&'static str),
 
+    /// A record that cannot be stored (nested too deep to be saved and
+    /// loaded again, for instance).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+
     /// A primary key of a type other than integer or string, or out of range.
     #[error("invalid primary key for field `{field}`: {reason}")]
     InvalidKey {
@@ -200,6 +205,7 @@ impl Clone for Error {
                 reason,
             },
             Error::NotAnObject(s) => Error::NotAnObject(s),
+            Error::InvalidRecord(s) => Error::InvalidRecord(s.clone()),
             Error::InvalidKey { field, reason } => Error::InvalidKey {
                 field: field.clone(),
                 reason: reason.clone(),

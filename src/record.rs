@@ -26,9 +26,35 @@ use serde_json::{Map, Number, Value};
 
 use crate::key::{json_type_name, Key};
 
-/// Deepest nesting accepted in a record (objects and arrays), the same limit
-/// serde_json applies to JSON text.
-pub(crate) const MAX_DEPTH: usize = 128;
+/// Deepest nesting accepted in a record: containers nested this deep below
+/// the record's own object. Checked when records are inserted, updated and
+/// loaded, in both formats, and low enough that a record inside a document
+/// stays within serde_json's recursion limit (128) with room for the four
+/// document levels above it: whatever is accepted can be saved and loaded.
+pub(crate) const MAX_DEPTH: usize = 100;
+
+/// Whether `v`, found at `depth` inside a record, nests within [`MAX_DEPTH`].
+pub(crate) fn depth_ok(v: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::Array(a) => a.iter().all(|x| depth_ok(x, depth + 1)),
+        Value::Object(m) => m.values().all(|x| depth_ok(x, depth + 1)),
+        _ => true,
+    }
+}
+
+/// Checks the fields of a record (or of a patch) before they are stored.
+pub(crate) fn check_fields(map: &Map<String, Value>) -> crate::Result<()> {
+    if map.values().all(|v| depth_ok(v, 1)) {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidRecord(format!(
+            "nested more than {MAX_DEPTH} levels deep"
+        )))
+    }
+}
 
 /// One stored record: an immutable JSON object, cheap to clone.
 ///
@@ -267,6 +293,7 @@ impl PendingRecord {
             Some(v) => Some(Key::from_json(v, pk)?),
             None => None,
         };
+        check_fields(map)?;
         let mut buf = Vec::with_capacity(HEADER_ROOM + 16 * map.len() + 16);
         buf.resize(HEADER_ROOM, 0);
         for (k, x) in map {
@@ -578,16 +605,25 @@ fn validate_value(r: &mut Reader<'_>, depth: usize) -> Result<(), String> {
             Ok(())
         }
         Tok::Map(n) => {
-            let mut keys: Vec<&str> = Vec::with_capacity(n.min(64));
+            // A linear scan for the usual handful of fields, a set beyond.
+            let mut keys: Vec<&str> = Vec::with_capacity(n.min(16));
+            let mut many: std::collections::HashSet<&str> = std::collections::HashSet::new();
             for _ in 0..n {
                 let k = r
                     .str()
                     .map_err(|e| format!("map key: {e} (JSON object keys are strings)"))?;
-                if keys.contains(&k) {
-                    return Err(format!("duplicate field {k:?}"));
-                }
-                if keys.len() < 64 {
+                let dup = if keys.len() < 16 {
+                    let d = keys.contains(&k);
                     keys.push(k);
+                    d
+                } else {
+                    if many.is_empty() {
+                        many.extend(keys.iter().copied());
+                    }
+                    !many.insert(k)
+                };
+                if dup {
+                    return Err(format!("duplicate field {k:?}"));
                 }
                 validate_value(r, depth + 1)?;
             }
@@ -799,12 +835,66 @@ fn write_json_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Resu
 /// in one object is an error (serde_json would silently keep the last one).
 pub(crate) struct Transcode<'o> {
     pub(crate) out: &'o mut Vec<u8>,
+    /// Nesting depth of the value about to be read (0: the record itself).
+    pub(crate) depth: usize,
+}
+
+thread_local! {
+    /// Set when a float that may be an integer literal beyond the 64-bit
+    /// range was read: serde_json hands those over as floats, so the text
+    /// is checked afterwards (see [`find_out_of_range_integer`]).
+    pub(crate) static SUSPICIOUS_FLOAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The first integer literal in JSON `text` that fits neither `i64` nor
+/// `u64` (serde_json would read it as a float), as (byte offset, literal).
+pub(crate) fn find_out_of_range_integer(text: &[u8]) -> Option<(usize, String)> {
+    let n = text.len();
+    let mut i = 0;
+    while i < n {
+        match text[i] {
+            b'"' => {
+                i += 1;
+                while i < n {
+                    match text[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < n && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                    i += 1;
+                }
+                let tok = &text[start..i];
+                if !tok.iter().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+                    let lit = String::from_utf8_lossy(tok).to_string();
+                    if lit.parse::<i64>().is_err() && lit.parse::<u64>().is_err() {
+                        return Some((start, lit));
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 impl<'de> DeserializeSeed<'de> for Transcode<'_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(de::Error::custom(format_args!(
+                "record nested more than {MAX_DEPTH} levels deep"
+            )));
+        }
         d.deserialize_any(self)
     }
 }
@@ -841,6 +931,9 @@ impl<'de> Visitor<'de> for Transcode<'_> {
         if !v.is_finite() {
             return Err(E::custom("non-finite number"));
         }
+        if v.fract() == 0.0 && v.abs() >= 9.2e18 {
+            SUSPICIOUS_FLOAT.with(|f| f.set(true));
+        }
         put_f64(self.out, v);
         Ok(())
     }
@@ -866,6 +959,7 @@ impl<'de> Visitor<'de> for Transcode<'_> {
         while seq
             .next_element_seed(Transcode {
                 out: &mut *self.out,
+                depth: self.depth + 1,
             })?
             .is_some()
         {
@@ -899,6 +993,7 @@ impl<'de> Visitor<'de> for Transcode<'_> {
             names.push((begin, end));
             map.next_value_seed(Transcode {
                 out: &mut *self.out,
+                depth: self.depth + 1,
             })?;
             n += 1;
         }
@@ -938,9 +1033,12 @@ impl<'de> Visitor<'de> for FieldName<'_> {
 pub(crate) fn record_from_json(text: &str) -> Result<Record, String> {
     let mut out = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
-    Transcode { out: &mut out }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
+    Transcode {
+        out: &mut out,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     let mut r = Reader::new(&out);
     validate_record(&mut r)?;

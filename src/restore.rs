@@ -524,7 +524,7 @@ pub struct FileReport {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// One entry per file, in name order.
+    /// One entry per file: backup files in write order, then foreign files.
     pub files: Vec<FileReport>,
     /// The result of a full (non-lenient) restore dry run over the store:
     /// `Ok` with the chain that would be restored, or the first broken link.
@@ -552,7 +552,17 @@ pub async fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 /// [`verify_dir`] for any store.
 pub async fn verify_store(store: Arc<dyn BackupStore>) -> Result<VerifyReport> {
     let mut files = Vec::new();
-    for f in store.list().await? {
+    let mut listed = store.list().await?;
+    // Backup files in write order, foreign files after them by name.
+    listed.sort_by(
+        |a, b| match (BackupName::parse(&a.name), BackupName::parse(&b.name)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.name.cmp(&b.name),
+        },
+    );
+    for f in listed {
         let bytes = match BackupName::parse(&f.name) {
             Some(_) => Some(store.read(&f.name).await),
             None => None,
@@ -564,7 +574,9 @@ pub async fn verify_store(store: Arc<dyn BackupStore>) -> Result<VerifyReport> {
 }
 
 /// Checks one file on its own: parses it fully and checks its checksum.
-/// A file whose name is not a backup name is reported with `kind: None`.
+/// A file named outside the backup naming scheme is read in the format its
+/// extension names and reported with the kind its content has; an unknown
+/// extension is an error.
 pub async fn inspect_file(path: impl AsRef<Path>) -> Result<FileReport> {
     let path = path.as_ref();
     let name = path

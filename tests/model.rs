@@ -13,6 +13,9 @@ use dictdb::{BackupConfig, BackupEvent, BackupManager, DictDB, Key};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
+/// Table name -> key text -> record.
+type State = BTreeMap<String, BTreeMap<String, Value>>;
+
 /// The reference: tables of records keyed by the key's display form, plus
 /// each table's key field and next auto key.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -21,7 +24,7 @@ struct Model {
 }
 
 impl Model {
-    fn state(&self) -> BTreeMap<String, BTreeMap<String, Value>> {
+    fn state(&self) -> State {
         self.tables
             .iter()
             .map(|(n, (_, rows, _))| (n.clone(), rows.clone()))
@@ -204,7 +207,7 @@ proptest! {
             .unwrap();
             let mut events = m.subscribe();
             // (backup cut, model state at that cut)
-            let mut points: Vec<(u64, BTreeMap<String, BTreeMap<String, Value>>)> = Vec::new();
+            let mut points: Vec<(u64, State)> = Vec::new();
             for op in &ops {
                 match op {
                     Op::Full => points.push((m.backup_full().await.unwrap().seq, model.state())),

@@ -1,7 +1,10 @@
 //! Table handles and their CRUD operations.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+
+use imbl::ordmap::DiffItem;
 
 use serde_json::{Map, Value};
 
@@ -48,7 +51,10 @@ impl fmt::Debug for Table {
 
 fn as_object(value: Value) -> Result<Map<String, Value>> {
     match value {
-        Value::Object(m) => Ok(m),
+        Value::Object(m) => {
+            record::check_fields(&m)?;
+            Ok(m)
+        }
         other => Err(Error::NotAnObject(json_type_name(&other))),
     }
 }
@@ -230,20 +236,21 @@ impl Table {
     /// Merges `fields` into every record for which `predicate` holds and
     /// returns how many were updated. All or nothing: if the patch would
     /// change any matching record's key, nothing is updated.
+    ///
+    /// The predicate runs without the database lock (see
+    /// [`delete_where`](Self::delete_where)), so it may itself read the
+    /// database.
     pub fn update_where<F>(&self, predicate: F, fields: Value) -> Result<usize>
     where
         F: Fn(&Value) -> bool,
     {
         let patch = as_object(fields)?;
-        self.write(|t, publish| {
-            // Phase 1 runs the user's predicate and may fail; nothing is
-            // changed until it has finished.
-            let mut staged = Vec::new();
-            for (key, rec) in t.records.iter() {
-                if predicate(&rec.to_value()) {
-                    self.check_patch(key, &patch)?;
-                    staged.push((key.clone(), record::merge(rec, &patch)));
-                }
+        self.with_matches(&predicate, |t, matches, publish| {
+            // Every check comes before the first change: all or nothing.
+            let mut staged = Vec::with_capacity(matches.len());
+            for (key, rec) in matches {
+                self.check_patch(&key, &patch)?;
+                staged.push((key, record::merge(&rec, &patch)));
             }
             let n = staged.len();
             for (key, rec) in staged {
@@ -252,6 +259,74 @@ impl Table {
             }
             Ok(n)
         })
+    }
+
+    /// Finds the records `predicate` holds for and hands them to `apply`,
+    /// under the lock, as they currently stand.
+    ///
+    /// User code never runs under the database lock: the predicate is
+    /// evaluated on an O(1) snapshot; if other writers changed the table
+    /// meanwhile, only the records they changed are evaluated again, on a
+    /// new snapshot (the diff of persistent maps skips shared structure), a
+    /// few rounds at most. Past that, records still being changed by others
+    /// keep the other writers' version.
+    fn with_matches<F, R>(
+        &self,
+        predicate: &F,
+        apply: impl FnOnce(&mut TableState, Vec<(Key, Record)>, &mut dyn FnMut(Change)) -> Result<R>,
+    ) -> Result<R>
+    where
+        F: Fn(&Value) -> bool,
+    {
+        const ROUNDS: usize = 8;
+        let mut seen = {
+            let st = self.db.lock();
+            self.state(&st)?.records.clone()
+        };
+        let mut matches: BTreeMap<Key, Record> = seen
+            .iter()
+            .filter(|(_, r)| predicate(&r.to_value()))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        let mut round = 0;
+        let mut apply = Some(apply);
+        loop {
+            let now = {
+                let result = self.write(|t, publish| {
+                    if !t.records.ptr_eq(&seen) && round < ROUNDS {
+                        return Ok(Err(t.records.clone()));
+                    }
+                    let current: Vec<(Key, Record)> = std::mem::take(&mut matches)
+                        .into_iter()
+                        .filter(|(k, r)| t.records.get(k) == Some(r))
+                        .collect();
+                    let apply = apply
+                        .take()
+                        .ok_or_else(|| Error::TableNotFound(self.name.to_string()))?;
+                    apply(t, current, publish).map(Ok)
+                })?;
+                match result {
+                    Ok(r) => return Ok(r),
+                    Err(now) => now,
+                }
+            };
+            for item in seen.diff(&now) {
+                match item {
+                    DiffItem::Add(k, r) | DiffItem::Update { new: (k, r), .. } => {
+                        if predicate(&r.to_value()) {
+                            matches.insert(k.clone(), r.clone());
+                        } else {
+                            matches.remove(k);
+                        }
+                    }
+                    DiffItem::Remove(k, _) => {
+                        matches.remove(k);
+                    }
+                }
+            }
+            seen = now;
+            round += 1;
+        }
     }
 
     /// Inserts the record, or merges it into the record with the same key.
@@ -300,22 +375,20 @@ impl Table {
     }
 
     /// Deletes every record for which `predicate` holds; returns the count.
+    ///
+    /// The predicate runs on a snapshot, without the database lock held, so
+    /// it may read the database and a slow one never stalls other writers;
+    /// records that other writers change meanwhile are evaluated again.
     pub fn delete_where<F>(&self, predicate: F) -> Result<usize>
     where
         F: Fn(&Value) -> bool,
     {
-        self.write(|t, publish| {
-            let doomed: Vec<Key> = t
-                .records
-                .iter()
-                .filter(|(_, rec)| predicate(&rec.to_value()))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &doomed {
+        self.with_matches(&predicate, |t, matches, publish| {
+            for (key, _) in &matches {
                 t.records.remove(key);
                 publish(Change::Delete { key: key.clone() });
             }
-            Ok(doomed.len())
+            Ok(matches.len())
         })
     }
 

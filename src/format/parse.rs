@@ -12,7 +12,10 @@ use serde_json::Value;
 use super::{verify_checksum, FileFormat, Integrity, Meta};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::record::{tok_name, validate_record, Reader, Record, Tok, Transcode};
+use crate::record::{
+    find_out_of_range_integer, tok_name, validate_record, Reader, Record, Tok, Transcode,
+    SUSPICIOUS_FLOAT,
+};
 
 /// Full backup or delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,9 +94,20 @@ pub(crate) fn parse_document(bytes: &[u8], format: FileFormat, file: &str) -> Re
 // ---------------------------------------------------------------------------
 
 fn parse_json(bytes: &[u8]) -> std::result::Result<Document, String> {
+    SUSPICIOUS_FLOAT.with(|f| f.set(false));
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let doc = de::Deserializer::deserialize_map(&mut de, DocVisitor).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
+    // serde_json reads integer literals beyond 64 bits as floats; rather than
+    // change a value silently, such a file is refused. The scan only runs
+    // when a float that could be one of them was seen.
+    if SUSPICIOUS_FLOAT.with(|f| f.replace(false)) {
+        if let Some((at, lit)) = find_out_of_range_integer(bytes) {
+            return Err(format!(
+                "integer {lit} at byte {at} is outside the 64-bit range and cannot be kept exactly"
+            ));
+        }
+    }
     Ok(doc)
 }
 
@@ -205,13 +219,31 @@ impl<'de> Visitor<'de> for TableSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<DocTable, A::Error> {
         let mut t = DocTable::default();
+        let mut seen: Vec<String> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "\"{key}\" appears twice in a table"
+                )));
+            }
+            seen.push(key.clone());
             match key.as_str() {
                 "primary_key" => t.primary_key = Some(map.next_value::<String>()?),
-                "schema" => t.schema = map.next_value::<Option<Value>>()?,
+                "schema" => {
+                    t.schema = map.next_value::<Option<Value>>()?;
+                    if t.schema.as_ref().is_some_and(|s| !s.is_object()) {
+                        return Err(de::Error::custom(
+                            "a table schema must be an object or null",
+                        ));
+                    }
+                }
                 "records" | "upserts" => {
-                    let mut recs = map.next_value_seed(RecordsSeed)?;
-                    t.records.append(&mut recs);
+                    if !t.records.is_empty() {
+                        return Err(de::Error::custom(
+                            "a table has both \"records\" and \"upserts\"",
+                        ));
+                    }
+                    t.records = map.next_value_seed(RecordsSeed)?;
                 }
                 "deletes" => {
                     let keys: Vec<Value> = map.next_value()?;
@@ -258,7 +290,10 @@ impl<'de> Visitor<'de> for RecordsSeed {
         loop {
             scratch.clear();
             if seq
-                .next_element_seed(Transcode { out: &mut scratch })?
+                .next_element_seed(Transcode {
+                    out: &mut scratch,
+                    depth: 0,
+                })?
                 .is_none()
             {
                 break;

@@ -118,11 +118,12 @@ impl TmpFile {
     fn create(dir: &Path, name: &str) -> Result<TmpFile> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
+        // Errors name the file being written, not its temporary name.
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::io(tmp.display(), e))?;
+            .map_err(|e| Error::io(dir.join(name).display(), e))?;
         Ok(TmpFile {
             dir: dir.to_path_buf(),
             tmp,
@@ -133,10 +134,10 @@ impl TmpFile {
 
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
         let f = self.file.as_mut().ok_or_else(|| {
-            Error::io(self.tmp.display(), std::io::Error::other("already closed"))
+            Error::io(self.dest.display(), std::io::Error::other("already closed"))
         })?;
         f.write_all(chunk)
-            .map_err(|e| Error::io(self.tmp.display(), e))
+            .map_err(|e| Error::io(self.dest.display(), e))
     }
 
     /// fsync, rename, fsync the directory. `replace` lets `save` overwrite
@@ -144,12 +145,12 @@ impl TmpFile {
     fn commit(mut self, replace: bool) -> Result<()> {
         let Some(f) = self.file.take() else {
             return Err(Error::io(
-                self.tmp.display(),
+                self.dest.display(),
                 std::io::Error::other("already closed"),
             ));
         };
         f.sync_all().map_err(|e| Error::Sync {
-            path: self.tmp.display().to_string(),
+            path: self.dest.display().to_string(),
             source: e,
         })?;
         drop(f);

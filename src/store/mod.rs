@@ -6,12 +6,16 @@
 //! same way.
 
 pub(crate) mod local;
+#[cfg(feature = "object-store")]
+mod object;
 
 use std::fmt;
 
 use async_trait::async_trait;
 
 pub use local::LocalStore;
+#[cfg(feature = "object-store")]
+pub use object::{open_url, open_url_with, ObjectBackupStore, ObjectStoreOptions, MIN_PART_SIZE};
 
 use crate::error::{Error, Result};
 

@@ -1,0 +1,1022 @@
+//! Backups in object storage (feature `object-store`): S3 and S3-compatible
+//! servers, or any other [`object_store::ObjectStore`].
+//!
+//! [`ObjectBackupStore`] keeps backup files as objects directly under a
+//! prefix. Small files (under one part) are written with one conditional
+//! `PUT` (`If-None-Match: *`); larger files stream through a multipart
+//! upload, part by part while the backup is serialised, so a backup never
+//! sits whole in memory. In both cases the object becomes visible only when
+//! the writer commits, and a failed or abandoned write leaves nothing under
+//! the final name (see the limits on [`ObjectBackupStore`]).
+//!
+//! [`open_url`] opens a store from a URL (`s3://bucket/prefix`,
+//! `file:///abs/dir`, `memory://`) or a plain directory path, so callers can
+//! accept either.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::{Path, PathPart};
+use object_store::{
+    BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig,
+};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::{check_name, BackupStore, BackupWriter, LocalStore, StoredFile};
+use crate::error::{Error, Result};
+
+/// The smallest part S3 accepts for every part but the last.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// The largest part S3 accepts.
+const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
+
+/// Prefix of [`LocalStore`]'s temporary files, skipped when a `file://` URL
+/// points at a directory that `LocalStore` also writes to.
+const LOCAL_TMP_PREFIX: &str = ".dictdb-tmp-";
+
+/// Settings of an [`ObjectBackupStore`]: upload part size and concurrency,
+/// and (for S3) retries, timeouts and extra client configuration.
+///
+/// Retries and timeouts bound how long a backup waits on an unreachable
+/// server before it fails (and the manager reports the failure and tries
+/// again at the next backup). The defaults suit a service: up to 5 retries
+/// within 60 s. Tests that stop a server on purpose want much shorter ones.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use dictdb::store::ObjectStoreOptions;
+///
+/// let options = ObjectStoreOptions::default()
+///     .max_retries(1)
+///     .retry_timeout(Duration::from_secs(2))
+///     .connect_timeout(Duration::from_secs(1))
+///     .request_timeout(Duration::from_secs(10))
+///     .part_size(8 * 1024 * 1024)
+///     .s3_config("aws_endpoint", "http://127.0.0.1:5055")
+///     .s3_config("aws_allow_http", "true");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ObjectStoreOptions {
+    max_retries: usize,
+    retry_timeout: Duration,
+    init_backoff: Duration,
+    max_backoff: Duration,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    part_size: usize,
+    max_concurrency: usize,
+    s3_config: Vec<(String, String)>,
+}
+
+impl Default for ObjectStoreOptions {
+    fn default() -> Self {
+        ObjectStoreOptions {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(60),
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: None,
+            request_timeout: None,
+            part_size: 8 * 1024 * 1024,
+            max_concurrency: 2,
+            s3_config: Vec::new(),
+        }
+    }
+}
+
+impl ObjectStoreOptions {
+    /// Retries of a failed request (S3). Default: 5. Zero disables retries.
+    #[must_use]
+    pub fn max_retries(mut self, n: usize) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// No retry starts later than this after the first attempt (S3).
+    /// Default: 60 s.
+    #[must_use]
+    pub fn retry_timeout(mut self, timeout: Duration) -> Self {
+        self.retry_timeout = timeout;
+        self
+    }
+
+    /// First and longest wait between retries, growing exponentially (S3).
+    /// Default: 100 ms and 5 s.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.init_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
+    /// Timeout of the connect phase of a request (S3). Default: object_store's
+    /// (5 s), or `AWS_CONNECT_TIMEOUT` from the environment.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Timeout of a whole request, one part upload included (S3). Default:
+    /// object_store's (30 s), or `AWS_TIMEOUT` from the environment.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Size of a multipart upload part, and the largest file written with a
+    /// single `PUT`. At least [`MIN_PART_SIZE`] (S3's minimum), at most
+    /// 5 GiB. Default: 8 MiB. S3 allows 10 000 parts per upload, so 8 MiB
+    /// parts take files up to 78 GiB.
+    #[must_use]
+    pub fn part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes;
+        self
+    }
+
+    /// Parts uploaded at once. A writer holds at most `n + 1` parts in
+    /// memory. Default: 2. At least 1.
+    #[must_use]
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// One more S3 setting, applied after the environment: any key
+    /// `AmazonS3Builder` understands, such as `aws_endpoint`,
+    /// `aws_allow_http`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_region`, `aws_virtual_hosted_style_request`. Ignored by
+    /// `file://` and `memory://` stores. An unknown key is an error when the
+    /// store is opened.
+    #[must_use]
+    pub fn s3_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.s3_config.push((key.into(), value.into()));
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
+            return Err(Error::Config(format!(
+                "object store part size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes, got {}",
+                self.part_size
+            )));
+        }
+        if self.max_concurrency == 0 {
+            return Err(Error::Config(
+                "object store max_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn retry_config(&self) -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: self.init_backoff,
+                max_backoff: self.max_backoff,
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+        }
+    }
+}
+
+/// Backup files kept as objects in an [`ObjectStore`], directly under a
+/// prefix (feature `object-store`).
+///
+/// - [`list`](BackupStore::list) lists the objects directly under the
+///   prefix (not those in "subdirectories"); unfinished multipart uploads
+///   are not objects and never show.
+/// - [`create`](BackupStore::create) returns a writer that buffers up to one
+///   part. A file that fits in one part is written at commit with a single
+///   conditional `PUT` (`If-None-Match: *`), which fails rather than
+///   overwrite an existing object. A larger file starts a multipart upload
+///   as soon as the first part is full and uploads parts while the backup is
+///   being serialised (at most `max_concurrency` at once); commit uploads
+///   the last part and completes the upload, and only then does the object
+///   appear. Abort (and a failed write or commit) aborts the upload.
+/// - Every object_store error, a network error included, becomes
+///   [`Error::Store`] naming the object: a failed backup like any other.
+///
+/// # Limits
+///
+/// - S3 cannot make a multipart upload conditional: before completing one,
+///   the writer checks with `HEAD` that no object has the final name and
+///   fails if one has. Another writer creating the same name between that
+///   check and the completion would be overwritten. Backup names carry a
+///   microsecond timestamp and the manager writes one file at a time, so
+///   this needs two managers writing to the same prefix at once, which is
+///   not supported anyway.
+/// - A process killed in the middle of a multipart upload leaves its parts
+///   on S3 (invisible, but billed) until they are aborted: give the bucket a
+///   lifecycle rule that aborts incomplete multipart uploads after a day.
+///   A writer dropped without commit or abort aborts its upload in the
+///   background.
+/// - When the server stops answering during the final request (the `PUT`
+///   or the completion), the object may exist although commit reports an
+///   error. The writer then tries to delete it (the name was free before);
+///   if the server is still unreachable, a complete file may remain under
+///   its final name after a failed backup.
+/// - Deleting an object that does not exist succeeds on S3.
+/// - Durability is the server's: S3 acknowledges a write once it is stored
+///   redundantly. `file://` stores `fsync` files and their directory.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use dictdb::store::{BackupStore, ObjectBackupStore};
+/// use dictdb::{BackupConfig, BackupManager, DictDB};
+/// use object_store::memory::InMemory;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> dictdb::Result<()> {
+/// let store: Arc<dyn BackupStore> =
+///     Arc::new(ObjectBackupStore::new(Arc::new(InMemory::new()), "backups"));
+/// let db = DictDB::new();
+/// db.create_table("users")?.insert(serde_json::json!({"name": "Alice"}))?;
+/// let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store)))?;
+/// backups.backup_full().await?;
+/// backups.stop().await?;
+/// assert_eq!(store.list().await?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ObjectBackupStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    part_size: usize,
+    max_concurrency: usize,
+}
+
+impl fmt::Debug for ObjectBackupStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBackupStore")
+            .field("location", &self.location)
+            .field("store", &self.inner)
+            .field("part_size", &self.part_size)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+impl ObjectBackupStore {
+    /// Backups under `prefix` (`""` for the root) in `store`, with the
+    /// default part size and concurrency. Retries and timeouts are those
+    /// `store` was built with.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: impl Into<Path>) -> ObjectBackupStore {
+        let options = ObjectStoreOptions::default();
+        let prefix = prefix.into();
+        ObjectBackupStore {
+            location: format!("{store}/{prefix}"),
+            inner: store,
+            prefix,
+            part_size: options.part_size,
+            max_concurrency: options.max_concurrency,
+        }
+    }
+
+    /// Like [`new`](Self::new), with the part size and concurrency of
+    /// `options` (its retry, timeout and S3 settings apply only to stores
+    /// opened from a URL). Errors: invalid options.
+    pub fn with_options(
+        store: Arc<dyn ObjectStore>,
+        prefix: impl Into<Path>,
+        options: &ObjectStoreOptions,
+    ) -> Result<ObjectBackupStore> {
+        options.validate()?;
+        let mut s = ObjectBackupStore::new(store, prefix);
+        s.part_size = options.part_size;
+        s.max_concurrency = options.max_concurrency;
+        Ok(s)
+    }
+
+    /// Opens a store from a URL with default options; see
+    /// [`from_url_with`](Self::from_url_with).
+    pub fn from_url(url: &str) -> Result<ObjectBackupStore> {
+        ObjectBackupStore::from_url_with(url, &ObjectStoreOptions::default())
+    }
+
+    /// Opens a store from a URL:
+    ///
+    /// - `s3://bucket/prefix` (or `s3a://`): the bucket and prefix come from
+    ///   the URL; everything else (endpoint, region, credentials, allow-http,
+    ///   ...) from the environment exactly as `AmazonS3Builder::from_env()`
+    ///   reads it (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`,
+    ///   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, ...),
+    ///   then from [`ObjectStoreOptions::s3_config`]. Without credentials
+    ///   object_store asks the instance metadata service, as the AWS SDKs do.
+    /// - `file:///abs/dir`: a local directory (created if missing) through
+    ///   object_store's `LocalFileSystem`, with `fsync`.
+    /// - `memory://` (or `memory://prefix`): a new, empty in-memory store,
+    ///   for tests; clone the result to share it.
+    ///
+    /// No request is sent: a wrong endpoint, bucket or credential shows at
+    /// the first operation. Errors: an unparsable URL, another scheme,
+    /// invalid options, a prefix that is not a valid object path.
+    pub fn from_url_with(url: &str, options: &ObjectStoreOptions) -> Result<ObjectBackupStore> {
+        options.validate()?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::Config(format!("invalid backup store URL {url:?}: {e}")))?;
+        let scheme = parsed.scheme().to_ascii_lowercase();
+        let (inner, prefix, location): (Arc<dyn ObjectStore>, Path, String) = match scheme.as_str()
+        {
+            "s3" | "s3a" => {
+                let bucket = parsed.host_str().unwrap_or_default();
+                if bucket.is_empty() {
+                    return Err(Error::Config(format!(
+                        "backup store URL {url:?} names no bucket (s3://BUCKET/prefix)"
+                    )));
+                }
+                let prefix = url_prefix(url, parsed.path())?;
+                let s3 = s3_builder(bucket, options)?
+                    .build()
+                    .map_err(|e| Error::Config(format!("S3 store for {url:?}: {}", chain(&e))))?;
+                let location = join_location(&format!("{scheme}://{bucket}"), &prefix);
+                (Arc::new(s3), prefix, location)
+            }
+            "file" => {
+                let dir: PathBuf = parsed.to_file_path().map_err(|()| {
+                    Error::Config(format!(
+                        "backup store URL {url:?} is not an absolute local path (file:///abs/dir)"
+                    ))
+                })?;
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+                let fs = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| Error::Config(format!("{url:?}: {}", chain(&e))))?
+                    .with_fsync(true);
+                (
+                    Arc::new(fs),
+                    Path::default(),
+                    format!("file://{}", dir.display()),
+                )
+            }
+            "memory" => {
+                let raw = format!("{}{}", parsed.host_str().unwrap_or_default(), parsed.path());
+                let prefix = url_prefix(url, &raw)?;
+                let location = join_location("memory://", &prefix);
+                (Arc::new(InMemory::new()), prefix, location)
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "unsupported backup store URL scheme {other:?} in {url:?} \
+                     (use s3://bucket/prefix, file:///abs/dir, memory:// or a directory path)"
+                )))
+            }
+        };
+        Ok(ObjectBackupStore {
+            inner,
+            prefix,
+            location,
+            part_size: options.part_size,
+            max_concurrency: options.max_concurrency,
+        })
+    }
+
+    /// The object store.
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// The prefix backups live under.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The multipart upload part size.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// The object path of a backup file name: a plain name that object
+    /// storage keeps as it is (no character object_store would
+    /// percent-encode, so `list` gives back the same name).
+    fn object(&self, name: &str) -> Result<Path> {
+        check_name(name)?;
+        let part = PathPart::from(name);
+        if part.as_ref() != name {
+            return Err(Error::Store {
+                path: self.display(name),
+                message: "not a valid object name (characters such as `%`, `#`, `*`, `?`, \
+                          `[`, `]`, `{`, `}`, `<`, `>`, `|`, `^`, `~`, `\"` and backquotes are refused)"
+                    .into(),
+            });
+        }
+        Ok(self.prefix.clone().join(part))
+    }
+
+    fn display(&self, name: &str) -> String {
+        join_location(&self.location, name)
+    }
+
+    fn error(&self, name: &str, e: &object_store::Error) -> Error {
+        Error::Store {
+            path: self.display(name),
+            message: chain(e),
+        }
+    }
+}
+
+/// `AmazonS3Builder::from_env()` for `bucket`, with `options` applied.
+fn s3_builder(bucket: &str, options: &ObjectStoreOptions) -> Result<AmazonS3Builder> {
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(options.retry_config());
+    if let Some(t) = options.connect_timeout {
+        b = b.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            millis(t),
+        );
+    }
+    if let Some(t) = options.request_timeout {
+        b = b.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            millis(t),
+        );
+    }
+    for (key, value) in &options.s3_config {
+        let k: AmazonS3ConfigKey = key
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| Error::Config(format!("unknown S3 setting {key:?}: {}", chain(&e))))?;
+        if k == AmazonS3ConfigKey::Bucket {
+            return Err(Error::Config(
+                "the bucket comes from the URL (s3://BUCKET/prefix), not from s3_config".into(),
+            ));
+        }
+        b = b.with_config(k, value);
+    }
+    Ok(b)
+}
+
+/// A duration in the `humantime` form object_store parses.
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+fn url_prefix(url: &str, path: &str) -> Result<Path> {
+    Path::from_url_path(path).map_err(|e| {
+        Error::Config(format!(
+            "backup store URL {url:?}: the prefix is not a valid object path: {e}"
+        ))
+    })
+}
+
+fn join_location(base: &str, rest: impl fmt::Display) -> String {
+    let rest = rest.to_string();
+    if rest.is_empty() {
+        base.to_string()
+    } else if base.ends_with('/') {
+        format!("{base}{rest}")
+    } else {
+        format!("{base}/{rest}")
+    }
+}
+
+/// An error and its sources, each once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Opens a backup store from a URL or a directory path, with default
+/// options: see [`open_url_with`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> dictdb::Result<()> {
+/// let store = dictdb::store::open_url("memory://backups")?;
+/// assert_eq!(store.location(), "memory://backups");
+/// assert!(store.list().await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+pub fn open_url(url: &str) -> Result<Arc<dyn BackupStore>> {
+    open_url_with(url, &ObjectStoreOptions::default())
+}
+
+/// Opens a backup store from a URL or a directory path.
+///
+/// A string with `://` is a URL for [`ObjectBackupStore::from_url_with`]
+/// (`s3://bucket/prefix`, `file:///abs/dir`, `memory://`); anything else is
+/// a directory path, opened (and created if missing) as a [`LocalStore`],
+/// as [`crate::BackupConfig::new`] does. Callers such as a command line can
+/// so accept either.
+pub fn open_url_with(url: &str, options: &ObjectStoreOptions) -> Result<Arc<dyn BackupStore>> {
+    if url.contains("://") {
+        Ok(Arc::new(ObjectBackupStore::from_url_with(url, options)?))
+    } else {
+        Ok(Arc::new(LocalStore::open(url)?))
+    }
+}
+
+#[async_trait]
+impl BackupStore for ObjectBackupStore {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn list(&self) -> Result<Vec<StoredFile>> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let listing = self
+            .inner
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|e| Error::Store {
+                path: self.location.clone(),
+                message: chain(&e),
+            })?;
+        let mut out: Vec<StoredFile> = listing
+            .objects
+            .into_iter()
+            .filter_map(|meta| {
+                let mut rest = meta.location.prefix_match(&self.prefix)?;
+                let name = rest.next()?.as_ref().to_string();
+                if rest.next().is_some()
+                    || name.starts_with(LOCAL_TMP_PREFIX)
+                    || check_name(&name).is_err()
+                {
+                    return None;
+                }
+                Some(StoredFile {
+                    name,
+                    size: meta.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
+        let path = self.object(name)?;
+        Ok(Box::new(ObjectWriter {
+            store: self.clone(),
+            name: name.to_string(),
+            path,
+            buffer: VecDeque::new(),
+            buffered: 0,
+            upload: None,
+        }))
+    }
+
+    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.object(name)?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.error(name, &e))?;
+        let bytes = got.bytes().await.map_err(|e| self.error(name, &e))?;
+        Ok(Vec::from(bytes))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.object(name)?;
+        self.inner
+            .delete(&path)
+            .await
+            .map_err(|e| self.error(name, &e))
+    }
+}
+
+/// A multipart upload in progress, with its part uploads in flight.
+struct Upload {
+    upload: Box<dyn MultipartUpload>,
+    parts: JoinSet<object_store::Result<()>>,
+}
+
+impl Upload {
+    /// Waits for one part upload to end.
+    async fn join_one(&mut self) -> object_store::Result<()> {
+        match self.parts.join_next().await {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(object_store::Error::Generic {
+                store: "dictdb",
+                source: format!("a part upload task failed: {e}").into(),
+            }),
+        }
+    }
+
+    /// Stops the part uploads and aborts the upload (its parts are deleted).
+    async fn abort(mut self, name: &str) {
+        self.parts.shutdown().await;
+        if let Err(e) = self.upload.abort().await {
+            warn!(file = %name, cause = %chain(&e), "could not abort a multipart upload");
+        }
+    }
+}
+
+/// A file on its way to object storage.
+struct ObjectWriter {
+    store: ObjectBackupStore,
+    name: String,
+    path: Path,
+    /// Bytes not yet handed to a part upload: less than a part between writes.
+    buffer: VecDeque<Bytes>,
+    buffered: usize,
+    /// The multipart upload, once the file has outgrown one part.
+    upload: Option<Upload>,
+}
+
+impl ObjectWriter {
+    fn error(&self, e: &object_store::Error) -> Error {
+        self.store.error(&self.name, e)
+    }
+
+    fn already_exists(&self) -> Error {
+        Error::Store {
+            path: self.store.display(&self.name),
+            message: "an object with this name already exists; it was not overwritten".into(),
+        }
+    }
+
+    /// The first `n` buffered bytes, as a payload (no copy).
+    fn take(&mut self, n: usize) -> PutPayload {
+        let mut out = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let Some(front) = self.buffer.front_mut() else {
+                break;
+            };
+            if front.len() <= need {
+                need -= front.len();
+                out.extend(self.buffer.pop_front());
+            } else {
+                out.push(front.split_to(need));
+                need = 0;
+            }
+        }
+        self.buffered -= n - need;
+        out.into_iter().collect()
+    }
+
+    /// Uploads one part, starting the multipart upload first if needed;
+    /// waits while `max_concurrency` parts are in flight.
+    async fn send_part(&mut self, part: PutPayload) -> Result<()> {
+        if self.upload.is_none() {
+            let upload = self
+                .store
+                .inner
+                .put_multipart(&self.path)
+                .await
+                .map_err(|e| self.error(&e))?;
+            self.upload = Some(Upload {
+                upload,
+                parts: JoinSet::new(),
+            });
+        }
+        let max = self.store.max_concurrency;
+        let Some(up) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        while up.parts.len() >= max {
+            if let Err(e) = up.join_one().await {
+                return Err(self.error(&e));
+            }
+        }
+        let fut = up.upload.put_part(part);
+        up.parts.spawn(fut);
+        Ok(())
+    }
+
+    /// Uploads the last part, waits for every part, checks that the final
+    /// name is free, and completes the upload.
+    async fn complete(&mut self) -> Result<()> {
+        if self.buffered > 0 {
+            let last = self.take(self.buffered);
+            self.send_part(last).await?;
+        }
+        let Some(mut up) = self.upload.take() else {
+            return Ok(());
+        };
+        while !up.parts.is_empty() {
+            if let Err(e) = up.join_one().await {
+                let err = self.error(&e);
+                up.abort(&self.name).await;
+                return Err(err);
+            }
+        }
+        match self.store.inner.head(&self.path).await {
+            Err(object_store::Error::NotFound { .. }) => {}
+            Ok(_) => {
+                up.abort(&self.name).await;
+                return Err(self.already_exists());
+            }
+            Err(e) => {
+                let err = self.error(&e);
+                up.abort(&self.name).await;
+                return Err(err);
+            }
+        }
+        match up.upload.complete().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.error(&e);
+                // The completion may have taken effect although its answer
+                // was lost: leave nothing under the final name if we can.
+                if outcome_unknown(&e) {
+                    remove_after_failure(&self.store, &self.path, &self.name).await;
+                }
+                up.abort(&self.name).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes a file of less than one part with one conditional `PUT`.
+    async fn put_small(&mut self) -> Result<()> {
+        let payload = self.take(self.buffered);
+        let create = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .inner
+            .put_opts(&self.path, payload.clone(), create)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(self.already_exists()),
+            // Conditional put turned off (`AWS_CONDITIONAL_PUT=disabled`):
+            // check, then write, as for a multipart upload.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                match self.store.inner.head(&self.path).await {
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Ok(_) => return Err(self.already_exists()),
+                    Err(e) => return Err(self.error(&e)),
+                }
+                match self.store.inner.put(&self.path, payload).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let err = self.error(&e);
+                        if outcome_unknown(&e) {
+                            remove_after_failure(&self.store, &self.path, &self.name).await;
+                        }
+                        Err(err)
+                    }
+                }
+            }
+            Err(e) => {
+                let err = self.error(&e);
+                if outcome_unknown(&e) {
+                    remove_after_failure(&self.store, &self.path, &self.name).await;
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Whether a failed write may still have taken effect: the request or its
+/// answer was lost (a network error, a timeout, a server error), as opposed
+/// to a clear refusal (permissions, a missing bucket, a precondition).
+fn outcome_unknown(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. })
+}
+
+/// After a write whose outcome is unknown (the request failed, but the
+/// server may have stored the object), deletes the final name so that a
+/// failed commit leaves nothing behind. The name was checked free just
+/// before (or the write was conditional), so what is there is ours.
+async fn remove_after_failure(store: &ObjectBackupStore, path: &Path, name: &str) {
+    if let Err(e) = store.inner.delete(path).await {
+        warn!(
+            file = %store.display(name),
+            cause = %chain(&e),
+            "a failed write may have left an object under its final name"
+        );
+    }
+}
+
+#[async_trait]
+impl BackupWriter for ObjectWriter {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.buffered += chunk.len();
+        self.buffer.push_back(Bytes::from(chunk));
+        let part_size = self.store.part_size;
+        while self.buffered >= part_size {
+            let part = self.take(part_size);
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.upload.is_some() {
+            self.complete().await
+        } else {
+            self.put_small().await
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.buffer.clear();
+        self.buffered = 0;
+        if let Some(up) = self.upload.take() {
+            up.abort(&self.name).await;
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        // Dropped in the middle of a multipart upload (a cancelled backup):
+        // S3 keeps the parts until the upload is aborted, so abort it.
+        if let Some(up) = self.upload.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let name = std::mem::take(&mut self.name);
+                runtime.spawn(async move { up.abort(&name).await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(prefix: &str) -> ObjectBackupStore {
+        ObjectBackupStore::new(Arc::new(InMemory::new()), prefix)
+    }
+
+    async fn write(store: &ObjectBackupStore, name: &str, parts: &[Vec<u8>]) -> Result<()> {
+        let mut w = store.create(name).await?;
+        for p in parts {
+            w.write(p.clone()).await?;
+        }
+        w.commit().await
+    }
+
+    #[tokio::test]
+    async fn small_and_multipart_files_round_trip() {
+        let store = memory("a/b");
+        write(&store, "small.json", &[b"{}".to_vec()])
+            .await
+            .unwrap();
+        let big: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 1 << 20]).collect();
+        write(&store, "big.json", &big).await.unwrap();
+        let listed = store.list().await.unwrap();
+        assert_eq!(
+            listed,
+            vec![
+                StoredFile {
+                    name: "big.json".into(),
+                    size: 12 << 20
+                },
+                StoredFile {
+                    name: "small.json".into(),
+                    size: 2
+                },
+            ]
+        );
+        assert_eq!(store.read("big.json").await.unwrap(), big.concat());
+        assert_eq!(store.read("small.json").await.unwrap(), b"{}");
+        store.delete("small.json").await.unwrap();
+        assert_eq!(store.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_visible_before_commit_and_abort_leaves_nothing() {
+        let store = memory("");
+        let mut w = store.create("x.json").await.unwrap();
+        for _ in 0..10 {
+            w.write(vec![1; 1 << 20]).await.unwrap();
+        }
+        assert!(store.list().await.unwrap().is_empty());
+        w.abort().await;
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(matches!(
+            store.read("x.json").await,
+            Err(Error::Store { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn existing_objects_are_not_overwritten() {
+        let store = memory("p");
+        write(&store, "f.json", &[b"first".to_vec()]).await.unwrap();
+        let err = write(&store, "f.json", &[b"second".to_vec()])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let big: Vec<Vec<u8>> = (0..9).map(|_| vec![7; 1 << 20]).collect();
+        let err = write(&store, "f.json", &big).await.unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(store.read("f.json").await.unwrap(), b"first");
+    }
+
+    #[tokio::test]
+    async fn list_ignores_nested_and_foreign_objects() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for p in [
+            "pre/a.json",
+            "pre/sub/b.json",
+            "other/c.json",
+            "pre/.dictdb-tmp-1-x",
+        ] {
+            inner
+                .put(&Path::from(p), b"x".to_vec().into())
+                .await
+                .unwrap();
+        }
+        let store = ObjectBackupStore::new(Arc::clone(&inner), "pre");
+        let names: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["a.json"]);
+        let root = ObjectBackupStore::new(inner, "");
+        assert!(root.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_refused() {
+        let store = memory("p");
+        for bad in ["", "..", "a/b", "a%b", "a#1", "a*b"] {
+            assert!(store.create(bad).await.is_err(), "{bad:?}");
+            assert!(store.read(bad).await.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let s = ObjectBackupStore::from_url("s3://bucket/some/prefix/").unwrap();
+        assert_eq!(s.location(), "s3://bucket/some/prefix");
+        assert_eq!(s.prefix().as_ref(), "some/prefix");
+        let s = ObjectBackupStore::from_url("s3://bucket").unwrap();
+        assert_eq!(s.location(), "s3://bucket");
+        assert_eq!(s.prefix().as_ref(), "");
+        let s = ObjectBackupStore::from_url("memory://").unwrap();
+        assert_eq!(s.location(), "memory://");
+        let s = ObjectBackupStore::from_url("memory:///x/y").unwrap();
+        assert_eq!(s.location(), "memory://x/y");
+        for bad in [
+            "s3:///prefix",
+            "ftp://host/x",
+            "file://relative/dir",
+            "s3://bucket/a//b",
+            "not a url://x",
+        ] {
+            assert!(
+                matches!(ObjectBackupStore::from_url(bad), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+        let opts = ObjectStoreOptions::default().s3_config("no_such_key", "1");
+        assert!(ObjectBackupStore::from_url_with("s3://b/p", &opts).is_err());
+        let opts = ObjectStoreOptions::default().part_size(1024);
+        assert!(ObjectBackupStore::from_url_with("memory://", &opts).is_err());
+    }
+
+    #[tokio::test]
+    async fn file_urls_and_plain_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("backups");
+        let url = format!("file://{}", dir.display());
+        let store = open_url(&url).unwrap();
+        assert!(dir.is_dir());
+        let mut w = store.create("f.json").await.unwrap();
+        w.write(b"{}".to_vec()).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(std::fs::read(dir.join("f.json")).unwrap(), b"{}");
+        // The same directory as a plain path is a LocalStore.
+        let local = open_url(dir.to_str().unwrap()).unwrap();
+        assert_eq!(local.location(), dir.display().to_string());
+        assert_eq!(local.read("f.json").await.unwrap(), b"{}");
+        assert_eq!(local.list().await.unwrap().len(), 1);
+    }
+}

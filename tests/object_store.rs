@@ -1,0 +1,629 @@
+//! Backups in a real S3-compatible server (moto_server on 127.0.0.1).
+//!
+//! ```text
+//! source .ci/s3-server.sh          # starts moto_server, exports DICTDB_S3_ENDPOINT, AWS_*
+//! cargo test --features object-store --test object_store
+//! ```
+//!
+//! Without `DICTDB_S3_ENDPOINT` every test says it is skipped and passes.
+//! Each test works in a bucket of its own (created with a plain HTTP `PUT`
+//! through `curl`). The server-failure test starts and kills a moto_server
+//! of its own on another loopback port (`DICTDB_MOTO_SERVER`, default
+//! `moto_server`, is the command).
+#![cfg(feature = "object-store")]
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dictdb::restore::{verify_store, Restore};
+use dictdb::store::{
+    open_url_with, BackupStore, BackupWriter, ObjectBackupStore, ObjectStoreOptions, StoredFile,
+    MIN_PART_SIZE,
+};
+use dictdb::{BackupConfig, BackupKind, BackupManager, BackupName, DictDB, Error, Result};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+
+/// The S3 endpoint to test against, or `None` (and a message) to skip.
+fn endpoint(test: &str) -> Option<String> {
+    match std::env::var("DICTDB_S3_ENDPOINT") {
+        Ok(e) if !e.trim().is_empty() => Some(e.trim().trim_end_matches('/').to_string()),
+        _ => {
+            // Straight to stderr, past the test harness's capture, so the
+            // skip shows in a normal `cargo test` run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: skipped: DICTDB_S3_ENDPOINT not set (source .ci/s3-server.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A bucket name no other test (or earlier run) uses.
+fn unique_bucket(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "dictdb-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a bucket with a plain HTTP `PUT` (moto does not check signatures).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "--max-time", "10", "-X", "PUT"])
+        .arg(format!("{endpoint}/{bucket}"))
+        .output()
+        .expect("curl must be installed to create test buckets");
+    assert!(
+        out.status.success(),
+        "creating bucket {bucket} at {endpoint} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The multipart uploads in progress in a bucket (their upload ids).
+fn uploads_in_progress(endpoint: &str, bucket: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "--max-time", "10"])
+        .arg(format!("{endpoint}/{bucket}?uploads"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "listing uploads failed");
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    body.split("<UploadId>")
+        .skip(1)
+        .filter_map(|s| s.split("</UploadId>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Short retries and timeouts: an unreachable server fails a backup within
+/// seconds. Explicit credentials, so the client never looks for others.
+fn options(endpoint: &str) -> ObjectStoreOptions {
+    ObjectStoreOptions::default()
+        .max_retries(1)
+        .retry_timeout(Duration::from_secs(2))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(30))
+        .part_size(MIN_PART_SIZE)
+        .s3_config("aws_endpoint", endpoint)
+        .s3_config("aws_allow_http", "true")
+        .s3_config("aws_access_key_id", "test")
+        .s3_config("aws_secret_access_key", "test")
+        .s3_config("aws_region", "us-east-1")
+}
+
+fn s3_store(endpoint: &str, bucket: &str, prefix: &str) -> Arc<dyn BackupStore> {
+    open_url_with(&format!("s3://{bucket}/{prefix}"), &options(endpoint)).unwrap()
+}
+
+fn kinds(files: &[StoredFile]) -> (usize, usize) {
+    let names: Vec<BackupName> = files
+        .iter()
+        .filter_map(|f| BackupName::parse(&f.name))
+        .collect();
+    let full = names.iter().filter(|n| n.kind == BackupKind::Full).count();
+    (full, names.len() - full)
+}
+
+async fn assert_restores_to(store: &Arc<dyn BackupStore>, db: &DictDB) -> dictdb::Restored {
+    let restored = Restore::new(Arc::clone(store)).run().await.unwrap();
+    assert_eq!(common::table_map(&restored.db), common::table_map(db));
+    assert_eq!(common::dump(&restored.db), common::dump(db));
+    assert!(restored.verified, "every file carries a matching checksum");
+    let report = verify_store(Arc::clone(store)).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    restored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_and_incremental_backups_restore_from_the_bucket() {
+    let Some(ep) = endpoint("full_and_incremental_backups_restore_from_the_bucket") else {
+        return;
+    };
+    let bucket = unique_bucket("incr");
+    create_bucket(&ep, &bucket);
+    let store = s3_store(&ep, &bucket, "svc/backups");
+    assert_eq!(store.location(), format!("s3://{bucket}/svc/backups"));
+    assert!(store.list().await.unwrap().is_empty());
+
+    let db = DictDB::new();
+    let users = db.create_table("users").unwrap();
+    let events = db.create_table_with_key("events", "event_id").unwrap();
+    let backups = BackupManager::start(
+        &db,
+        BackupConfig::with_store(Arc::clone(&store))
+            .incremental(true)
+            .backup_interval(Duration::from_secs(3600))
+            .max_deltas_before_full(10),
+    )
+    .unwrap();
+
+    for i in 0..100 {
+        users
+            .insert(json!({"name": format!("user_{i}"), "n": i}))
+            .unwrap();
+    }
+    events
+        .insert(json!({"event_id": "ev-1", "type": "click"}))
+        .unwrap();
+    let full = backups.backup_full().await.unwrap();
+    assert_eq!(full.records, 101);
+
+    for i in 0..50 {
+        users.insert(json!({"name": format!("late_{i}")})).unwrap();
+    }
+    for id in 1..=10i64 {
+        users.update(id, json!({"vip": true})).unwrap();
+    }
+    for id in 20..25i64 {
+        assert!(users.delete(id).unwrap());
+    }
+    let d1 = backups.backup_delta().await.unwrap();
+    assert_eq!(d1.info().unwrap().kind, BackupKind::Delta);
+
+    let audit = db.create_table_with_key("audit", "at").unwrap();
+    audit
+        .insert(json!({"at": "t1", "what": "created"}))
+        .unwrap();
+    db.drop_table("events").unwrap();
+    let d2 = backups.backup_delta().await.unwrap();
+    assert_eq!(d2.info().unwrap().kind, BackupKind::Delta);
+    assert_eq!(backups.deltas_since_full(), 2);
+    // Nothing changed: nothing written.
+    assert!(backups.backup_delta().await.unwrap().info().is_none());
+    backups.stop().await.unwrap();
+
+    // A fresh client sees what the manager wrote: the server has it.
+    let other = s3_store(&ep, &bucket, "svc/backups");
+    let files = other.list().await.unwrap();
+    assert_eq!(kinds(&files), (1, 2), "{files:?}");
+    assert!(files.iter().all(|f| f.size > 0));
+    // Objects outside the prefix, or below it, are not backups of this store.
+    let root = s3_store(&ep, &bucket, "");
+    assert!(root.list().await.unwrap().is_empty());
+
+    let restored = assert_restores_to(&other, &db).await;
+    assert_eq!(restored.applied.len(), 3);
+    assert_eq!(restored.seq, Some(db.seq()));
+    // Auto keys continue after the restore.
+    let next = restored
+        .db
+        .table("users")
+        .unwrap()
+        .insert(json!({}))
+        .unwrap();
+    assert_eq!(next, dictdb::Key::from(151i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_full_backups_in_the_bucket() {
+    let Some(ep) = endpoint("retention_keeps_the_newest_full_backups_in_the_bucket") else {
+        return;
+    };
+    let bucket = unique_bucket("keep");
+    create_bucket(&ep, &bucket);
+    let store = s3_store(&ep, &bucket, "backups");
+    let db = DictDB::new();
+    let t = db.create_table("t").unwrap();
+    let backups = BackupManager::start(
+        &db,
+        BackupConfig::with_store(Arc::clone(&store))
+            .incremental(true)
+            .backup_interval(Duration::from_secs(3600))
+            .keep_full_backups(2),
+    )
+    .unwrap();
+    let mut fulls = Vec::new();
+    for round in 0..4 {
+        t.insert(json!({"round": round})).unwrap();
+        fulls.push(backups.backup_full().await.unwrap().file);
+        t.insert(json!({"round": round, "after": true})).unwrap();
+        backups.backup_delta().await.unwrap();
+    }
+    backups.stop().await.unwrap();
+    let files = store.list().await.unwrap();
+    assert_eq!(kinds(&files), (2, 2), "{files:?}");
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    assert!(!names.contains(&fulls[0].as_str()));
+    assert!(!names.contains(&fulls[1].as_str()));
+    assert!(names.contains(&fulls[2].as_str()));
+    assert!(names.contains(&fulls[3].as_str()));
+    let restored = assert_restores_to(&store, &db).await;
+    assert_eq!(restored.applied[0].name, fulls[3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backup_is_a_multipart_upload_of_several_parts() {
+    let Some(ep) = endpoint("a_large_backup_is_a_multipart_upload_of_several_parts") else {
+        return;
+    };
+    let bucket = unique_bucket("large");
+    create_bucket(&ep, &bucket);
+    let url = format!("s3://{bucket}/big");
+    let object_store = ObjectBackupStore::from_url_with(&url, &options(&ep)).unwrap();
+    let raw = Arc::clone(object_store.inner());
+    let store: Arc<dyn BackupStore> = Arc::new(object_store);
+
+    let db = DictDB::new();
+    let users = db.create_table("users").unwrap();
+    users
+        .insert_many((0..200_000).map(common::workload_record))
+        .unwrap();
+    let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store))).unwrap();
+    let started = Instant::now();
+    let info = backups.backup_full().await.unwrap();
+    eprintln!(
+        "200k records: {} bytes in {:?}",
+        info.bytes,
+        started.elapsed()
+    );
+    backups.stop().await.unwrap();
+    assert!(
+        info.bytes > 3 * MIN_PART_SIZE as u64,
+        "the backup should span several parts: {} bytes",
+        info.bytes
+    );
+    let files = store.list().await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].size, info.bytes);
+
+    // S3 gives a multipart object an ETag ending in "-<number of parts>".
+    let meta = raw
+        .head(&Path::from(format!("big/{}", info.file)))
+        .await
+        .unwrap();
+    let etag = meta.e_tag.unwrap_or_default();
+    let parts: usize = etag
+        .trim_matches('"')
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(1);
+    let expected = (info.bytes as usize).div_ceil(MIN_PART_SIZE);
+    assert_eq!(parts, expected, "ETag {etag}");
+    assert!(uploads_in_progress(&ep, &bucket).is_empty());
+
+    let restored = assert_restores_to(&store, &db).await;
+    assert_eq!(restored.db.table("users").unwrap().len().unwrap(), 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_never_overwrite_and_abort_their_uploads() {
+    let Some(ep) = endpoint("writers_never_overwrite_and_abort_their_uploads") else {
+        return;
+    };
+    let bucket = unique_bucket("clobber");
+    create_bucket(&ep, &bucket);
+    let store = s3_store(&ep, &bucket, "p");
+    let big = || (0..12).map(|i| vec![i as u8; 1 << 20]);
+
+    // A small file: a conditional PUT.
+    let mut w = store.create("a.json").await.unwrap();
+    w.write(b"first".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    let mut w = store.create("a.json").await.unwrap();
+    w.write(b"second".to_vec()).await.unwrap();
+    let err = w.commit().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Store { path, message }
+            if path.ends_with("/p/a.json") && message.contains("already exists")),
+        "{err}"
+    );
+    assert_eq!(store.read("a.json").await.unwrap(), b"first");
+
+    // A multipart file whose name is taken while it uploads.
+    let mut w = store.create("b.json").await.unwrap();
+    for chunk in big() {
+        w.write(chunk).await.unwrap();
+    }
+    assert_eq!(uploads_in_progress(&ep, &bucket).len(), 1);
+    assert!(
+        store.read("b.json").await.is_err(),
+        "not visible before commit"
+    );
+    let mut other = store.create("b.json").await.unwrap();
+    other.write(b"taken".to_vec()).await.unwrap();
+    other.commit().await.unwrap();
+    let err = w.commit().await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(store.read("b.json").await.unwrap(), b"taken");
+    assert!(uploads_in_progress(&ep, &bucket).is_empty());
+
+    // Abort: no object, no upload left behind.
+    let mut w = store.create("c.json").await.unwrap();
+    for chunk in big() {
+        w.write(chunk).await.unwrap();
+    }
+    assert_eq!(uploads_in_progress(&ep, &bucket).len(), 1);
+    w.abort().await;
+    assert!(uploads_in_progress(&ep, &bucket).is_empty());
+
+    // Commit of a multipart file: every byte arrives, in order.
+    let mut w = store.create("d.json").await.unwrap();
+    for chunk in big() {
+        w.write(chunk).await.unwrap();
+    }
+    w.write(b"tail".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    let mut expected: Vec<u8> = big().flatten().collect();
+    expected.extend_from_slice(b"tail");
+    assert!(store.read("d.json").await.unwrap() == expected);
+
+    let names: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["a.json", "b.json", "d.json"]);
+    store.delete("a.json").await.unwrap();
+    assert_eq!(store.list().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_url_reads_the_endpoint_from_the_environment() {
+    let Some(_) = endpoint("open_url_reads_the_endpoint_from_the_environment") else {
+        return;
+    };
+    let Ok(bucket) = std::env::var("DICTDB_S3_BUCKET") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "open_url_reads_the_endpoint_from_the_environment: skipped: DICTDB_S3_BUCKET not set"
+        );
+        return;
+    };
+    if std::env::var("AWS_ENDPOINT").is_err() || std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "open_url_reads_the_endpoint_from_the_environment: skipped: AWS_ENDPOINT / AWS_ACCESS_KEY_ID not set"
+        );
+        return;
+    }
+    let prefix = unique_bucket("env");
+    let store = dictdb::store::open_url(&format!("s3://{bucket}/{prefix}")).unwrap();
+    let mut w = store.create("x.json").await.unwrap();
+    w.write(b"{}".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    store.delete("x.json").await.unwrap();
+    assert!(store.list().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// A server that dies in the middle of an upload.
+
+/// A moto_server of the test's own, killed when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let command =
+            std::env::var("DICTDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_string());
+        let mut words = command.split_whitespace();
+        let program = words.next().expect("DICTDB_MOTO_SERVER is empty");
+        let child = Command::new(program)
+            .args(words)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {command:?} (pip install 'moto[server]'): {e}")
+            });
+        let moto = Moto { child, port };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer on {addr} in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Passes everything to a store, but once armed, holds the writer that has
+/// written `after` bytes until the test releases it.
+#[derive(Debug)]
+struct HoldingStore {
+    inner: Arc<dyn BackupStore>,
+    armed: AtomicBool,
+    after: u64,
+    reached: Notify,
+    release: Semaphore,
+}
+
+struct HoldingWriter {
+    store: Arc<HoldingStore>,
+    inner: Box<dyn BackupWriter>,
+    written: u64,
+    held: bool,
+}
+
+#[async_trait]
+impl BackupWriter for HoldingWriter {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        if !self.held && self.written >= self.store.after {
+            self.held = true;
+            self.store.reached.notify_one();
+            self.store.release.acquire().await.unwrap().forget();
+        }
+        self.written += chunk.len() as u64;
+        self.inner.write(chunk).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.inner.commit().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.inner.abort().await;
+    }
+}
+
+#[derive(Debug)]
+struct Holding(Arc<HoldingStore>);
+
+#[async_trait]
+impl BackupStore for Holding {
+    fn location(&self) -> String {
+        self.0.inner.location()
+    }
+
+    async fn list(&self) -> Result<Vec<StoredFile>> {
+        self.0.inner.list().await
+    }
+
+    async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
+        let inner = self.0.inner.create(name).await?;
+        Ok(Box::new(HoldingWriter {
+            store: Arc::clone(&self.0),
+            inner,
+            written: 0,
+            held: !self.0.armed.swap(false, Ordering::SeqCst),
+        }))
+    }
+
+    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        self.0.inner.read(name).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.0.inner.delete(name).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_upload_fails_the_backup_and_a_later_one_succeeds() {
+    let Some(_) = endpoint("a_server_killed_mid_upload_fails_the_backup_and_a_later_one_succeeds")
+    else {
+        return;
+    };
+    let port = free_port();
+    let mut moto = Moto::start(port);
+    let ep = moto.endpoint();
+    let bucket = "dictdb-killed";
+    create_bucket(&ep, bucket);
+
+    let hold = Arc::new(HoldingStore {
+        inner: s3_store(&ep, bucket, "backups"),
+        armed: AtomicBool::new(false),
+        // Two parts handed to the upload before the server dies.
+        after: 2 * MIN_PART_SIZE as u64,
+        reached: Notify::new(),
+        release: Semaphore::new(0),
+    });
+    let store: Arc<dyn BackupStore> = Arc::new(Holding(Arc::clone(&hold)));
+    // Room for every mutation event, so the big backup is a real delta.
+    let db = DictDB::with_event_capacity(1 << 18);
+    let users = db.create_table("users").unwrap();
+    users.insert(json!({"name": "first"})).unwrap();
+    let failures = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&failures);
+    let backups = BackupManager::start(
+        &db,
+        BackupConfig::with_store(Arc::clone(&store))
+            .incremental(true)
+            .backup_interval(Duration::from_secs(3600))
+            .on_backup_failure(move |_, n| seen.store(u64::from(n), Ordering::SeqCst)),
+    )
+    .unwrap();
+    backups.backup_full().await.unwrap();
+
+    // A delta of 200k records (about 25 MB) is uploading when the server dies.
+    users
+        .insert_many((1..=200_000).map(|i| {
+            let mut r = common::workload_record(i);
+            r.as_object_mut().unwrap().remove("id");
+            r
+        }))
+        .unwrap();
+    hold.armed.store(true, Ordering::SeqCst);
+    let task = {
+        let backups = backups.clone();
+        tokio::spawn(async move { backups.backup_delta().await })
+    };
+    tokio::time::timeout(Duration::from_secs(120), hold.reached.notified())
+        .await
+        .expect("the backup never got two parts into its upload");
+    moto.kill();
+    let killed = Instant::now();
+    hold.release.add_permits(1);
+    let result = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the backup did not fail within a minute of the server's death")
+        .unwrap();
+    let took = killed.elapsed();
+    eprintln!("failure surfaced {took:?} after the kill: {result:?}");
+    let err = result.expect_err("a backup to a dead server must fail");
+    assert!(
+        matches!(&err, Error::Store { path, .. }
+            if path.starts_with(&format!("s3://{bucket}/backups/dictdb_delta_"))),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(backups.consecutive_failures(), 1);
+    assert_eq!(failures.load(Ordering::SeqCst), 1);
+
+    // A new server on the same port (moto forgets everything: new bucket).
+    drop(moto);
+    let moto = Moto::start(port);
+    create_bucket(&moto.endpoint(), bucket);
+    users.insert(json!({"name": "after the outage"})).unwrap();
+    let full = backups.backup_full().await.unwrap();
+    assert_eq!(full.records, 200_002);
+    assert_eq!(backups.consecutive_failures(), 0);
+    backups.stop().await.unwrap();
+    let files = store.list().await.unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].name, full.file);
+    assert!(uploads_in_progress(&moto.endpoint(), bucket).is_empty());
+    assert_restores_to(&store, &db).await;
+}
