@@ -107,6 +107,12 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The last step of writing a backup file (fsync and rename, or completing
+    /// an upload) failed: the file may or may not exist. The backup manager
+    /// answers with a full backup next time.
+    #[error("{0}")]
+    CommitUncertain(#[source] Box<Error>),
+
     /// A file that cannot be read as a dictdb/DictDB document: truncated,
     /// malformed, of the wrong shape, or holding bad records.
     #[error("{file}: {reason}")]
@@ -185,7 +191,7 @@ impl Error {
     /// Whether this error means the data may not have reached stable storage
     /// (a failed `fsync`): after such an error the next backup must be full.
     pub(crate) fn is_durability_unknown(&self) -> bool {
-        matches!(self, Error::Sync { .. })
+        matches!(self, Error::Sync { .. } | Error::CommitUncertain(_))
     }
 }
 
@@ -235,6 +241,7 @@ impl Clone for Error {
                 path: path.clone(),
                 source: io_clone(source),
             },
+            Error::CommitUncertain(e) => Error::CommitUncertain(e.clone()),
             Error::Corrupt { file, reason } => Error::Corrupt {
                 file: file.clone(),
                 reason: reason.clone(),

@@ -338,7 +338,10 @@ impl Actor {
         let n = self.consecutive_failures;
         self.shared.consecutive_failures.store(n, Ordering::Relaxed);
         if err.is_durability_unknown() {
-            self.force_full = Some("the last backup's fsync failed, so its durability is unknown");
+            // A file that may or may not exist cannot be built on: the next
+            // backup starts a new chain.
+            self.force_full =
+                Some("the last backup's commit failed, so whether its file exists is unknown");
         }
         self.debounce.backup_failed(had_notification);
         error!(%kind, cause = %err, consecutive_failures = n, "backup failed");
@@ -436,6 +439,10 @@ async fn write_job(
         }
         (None, Ok(Ok(p))) => p,
     };
-    writer.commit().await?;
+    writer.commit().await.map_err(|e| {
+        // The store may have made the file durable and visible before the
+        // error reached us (an object store answer lost on the way back).
+        Error::CommitUncertain(Box::new(e))
+    })?;
     Ok(produced)
 }

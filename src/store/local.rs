@@ -264,7 +264,12 @@ impl BackupStore for LocalStore {
         let path = self.path(name)?;
         let dir = Arc::clone(&self.dir);
         blocking(move || {
-            fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                // Deleting is idempotent, as on object stores.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(path.display(), e)),
+            }
             sync_dir(&dir)
         })
         .await

@@ -48,7 +48,7 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
     /// Reads a whole file.
     async fn read(&self, name: &str) -> Result<Vec<u8>>;
 
-    /// Deletes a file.
+    /// Deletes a file. Deleting a file that does not exist is not an error.
     async fn delete(&self, name: &str) -> Result<()>;
 }
 
