@@ -627,3 +627,62 @@ async fn a_server_killed_mid_upload_fails_the_backup_and_a_later_one_succeeds() 
     assert!(uploads_in_progress(&moto.endpoint(), bucket).is_empty());
     assert_restores_to(&store, &db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dictdb_backup_lists_verifies_and_restores_a_bucket() {
+    let Some(endpoint) = endpoint("dictdb_backup_lists_verifies_and_restores_a_bucket") else {
+        return;
+    };
+    let bucket = unique_bucket("cli");
+    create_bucket(&endpoint, &bucket);
+    let store = s3_store(&endpoint, &bucket, "svc");
+    let db = DictDB::new();
+    let t = db.create_table("users").unwrap();
+    let m = BackupManager::start(
+        &db,
+        BackupConfig::with_store(Arc::clone(&store)).incremental(true),
+    )
+    .unwrap();
+    t.insert(json!({"name": "a"})).unwrap();
+    m.backup_full().await.unwrap();
+    t.insert(json!({"name": "b"})).unwrap();
+    m.backup_delta().await.unwrap();
+    m.stop().await.unwrap();
+
+    let url = format!("s3://{bucket}/svc");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dictdb-backup"))
+            .args(args)
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let list = run(&["list", &url]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("full") && text.contains("delta"), "{text}");
+    let verify = run(&["verify", &url]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("restored.json");
+    let restore = run(&["restore", &url, "--out", out.to_str().unwrap()]);
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let loaded = DictDB::load(&out, dictdb::FileFormat::Json).unwrap();
+    assert_eq!(common::table_map(&loaded), common::table_map(&db));
+}

@@ -74,12 +74,12 @@ struct Cli {
 enum Command {
     /// List the files of a backup directory; `*` marks the chain a restore uses.
     List {
-        /// The backup directory.
+        /// The backup directory, or an object-store URL (s3://bucket/prefix).
         dir: PathBuf,
     },
     /// Check every file and the chain; exit 1 if anything is unsound.
     Verify {
-        /// The backup directory.
+        /// The backup directory, or an object-store URL (s3://bucket/prefix).
         dir: PathBuf,
     },
     /// Restore a backup directory into one full backup file.
@@ -93,7 +93,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RestoreArgs {
-    /// The backup directory.
+    /// The backup directory, or an object-store URL (s3://bucket/prefix).
     dir: PathBuf,
 
     /// Where to write the restored database (replaced if it exists).
@@ -601,6 +601,22 @@ fn table(out: &mut String, rows: &[Vec<String>]) -> fmt::Result {
     Ok(())
 }
 
+/// Opens the backup store named on the command line: a directory, or (with
+/// the `object-store` feature) a URL such as `s3://bucket/prefix`, with
+/// endpoint and credentials from the `AWS_*` environment variables.
+fn open_store(dir: &Path) -> Result<Arc<dyn BackupStore>, Error> {
+    let text = dir.to_string_lossy();
+    if text.contains("://") {
+        #[cfg(feature = "object-store")]
+        return dictdb::store::open_url(&text);
+        #[cfg(not(feature = "object-store"))]
+        return Err(Error::Config(format!(
+            "{text}: object-store URLs need dictdb-backup built with the `object-store` feature"
+        )));
+    }
+    Ok(Arc::new(LocalStore::existing(dir)?))
+}
+
 // ---------------------------------------------------------------------------
 // list and verify
 
@@ -618,7 +634,7 @@ struct DirReport {
 
 impl DirReport {
     async fn load(dir: &Path) -> Result<DirReport, CliError> {
-        let store: Arc<dyn BackupStore> = Arc::new(LocalStore::existing(dir)?);
+        let store = open_store(dir)?;
         let report = verify_store(Arc::clone(&store)).await?;
         let ok = report.is_ok();
         let VerifyReport {
@@ -994,7 +1010,7 @@ fn check_out(args: &RestoreArgs) -> Result<(), CliError> {
 async fn restore(args: RestoreArgs, json: bool) -> Result<ExitCode, CliError> {
     check_out(&args)?;
     let format = output_format(&args);
-    let mut restore = Restore::from_dir(&args.dir)?.stop_at_last_consistent(args.lenient);
+    let mut restore = Restore::new(open_store(&args.dir)?).stop_at_last_consistent(args.lenient);
     if let Some(t) = args.until {
         restore = restore.until_time(t.as_f64());
     }
