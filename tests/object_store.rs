@@ -435,7 +435,14 @@ impl Moto {
         let moto = Moto { child, port };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        // A connection only counts if it reached another socket: on
+        // loopback, a connect to a port nobody listens on can pick that very
+        // port as its source and "succeed" by connecting to itself.
+        let answers = || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .is_ok_and(|s| s.local_addr().is_ok_and(|l| l.port() != port))
+        };
+        while !answers() {
             assert!(
                 Instant::now() < deadline,
                 "moto_server did not answer on {addr} in 60 s"
