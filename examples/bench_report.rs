@@ -106,22 +106,54 @@ fn insert_all(users: &Table, n: usize) -> Duration {
     t.elapsed()
 }
 
-/// 1% of the table: 50% updates, 30% inserts, 20% deletes.
-fn one_percent(users: &Table, n: usize, round: usize, next: &mut i64) {
-    let changes = (n / 100).max(10);
-    let stride = (n / (changes / 2)).max(1) as i64;
-    let offset = round as i64 * 7 + 1;
-    for j in 0..changes / 2 {
-        let id = (offset + j as i64 * stride) % n as i64 + 1;
-        let _ = users.update(id, json!({"score": round as f64 + 0.25, "age": 42}));
+/// "1% changes" as WORKLOAD.md defines it: 10,000 changes (5,000 updates of
+/// existing records, 3,000 inserts of new ones, 2,000 deletes), whatever the
+/// table size, so deltas at different sizes hold the same number of changes
+/// (scaled down only for tables too small to hold them). Every change hits a
+/// distinct live record, so the delta holds all of them.
+struct Changes {
+    live: Vec<i64>,
+    next: i64,
+}
+
+impl Changes {
+    fn new(n: usize) -> Changes {
+        Changes {
+            live: (1..=n as i64).collect(),
+            next: n as i64,
+        }
     }
-    for _ in 0..changes * 3 / 10 {
-        *next += 1;
-        users.insert(record(*next)).expect("insert");
-    }
-    for j in 0..changes / 5 {
-        let id = (offset + 3 + j as i64 * stride * 2) % n as i64 + 1;
-        let _ = users.delete(id);
+
+    fn apply(&mut self, users: &Table, round: usize) {
+        let total = 10_000.min(self.live.len() / 2).max(10);
+        let (updates, inserts, deletes) = (total / 2, total * 3 / 10, total / 5);
+        let len = self.live.len();
+        let stride = (len / (updates + deletes)).max(1);
+        let offset = round % stride;
+        // Distinct positions: updates and deletes interleave, never overlap.
+        let mut doomed = Vec::with_capacity(deletes + 1);
+        for j in 0..updates + deletes {
+            let pos = (offset + j * stride) % len;
+            let key = self.live[pos];
+            // 5 updates for every 2 deletes.
+            if j % 7 < 5 {
+                users
+                    .update(key, json!({"score": round as f64 + 0.25, "age": 42}))
+                    .expect("update");
+            } else {
+                users.delete(key).expect("delete");
+                doomed.push(pos);
+            }
+        }
+        doomed.sort_unstable_by(|a, b| b.cmp(a));
+        for pos in doomed {
+            self.live.swap_remove(pos);
+        }
+        for _ in 0..inserts {
+            self.next += 1;
+            users.insert(record(self.next)).expect("insert");
+            self.live.push(self.next);
+        }
     }
 }
 
@@ -204,7 +236,7 @@ async fn main() {
     let db = DictDB::new();
     let users = db.create_table("users").unwrap();
     insert_all(&users, n);
-    let mut next_id = n as i64;
+    let mut changes = Changes::new(n);
 
     // --- full backups and their limits ------------------------------------
     let values: Vec<Value> = db
@@ -295,7 +327,7 @@ async fn main() {
         std::fs::remove_file(dir.join(&full.file)).unwrap();
         let (mut times, mut bytes) = (Vec::new(), 0);
         for rep in 0..reps {
-            one_percent(&users, n, rep, &mut next_id);
+            changes.apply(&users, rep);
             let t = Instant::now();
             let out = m.backup_delta().await.unwrap();
             times.push(t.elapsed().as_secs_f64());
@@ -318,7 +350,7 @@ async fn main() {
         .unwrap();
         let full = m.backup_full().await.unwrap();
         for round in 0..10 {
-            one_percent(&users, n, 100 + round, &mut next_id);
+            changes.apply(&users, 100 + round);
             m.backup_delta().await.unwrap();
         }
         m.stop().await.unwrap();

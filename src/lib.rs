@@ -56,9 +56,25 @@
 //!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
 //! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
 //!   [`BackupEvent`]s.
-//! - [`store`]: the [`BackupStore`] seam and the [`LocalStore`] directory.
-//! - [`restore`]: restoring a backup directory, verifying it.
+//! - [`store`]: the [`BackupStore`] seam, the [`LocalStore`] directory and,
+//!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
+//!   and `store::open_url`.
+//! - [`restore`]: restoring a backup directory (or any store), verifying it.
 //! - [`Error`]: the one error type.
+//!
+//! ## Features
+//!
+//! - `cli` (default): the `dictdb-backup` command (`list`, `verify`,
+//!   `restore`, `inspect`).
+//! - `object-store`: backups in object storage through the `object_store`
+//!   crate.
+//!
+//! ## Guarantees
+//!
+//! A backup call returns `Ok` only once its file is durable; a failed backup
+//! leaves no file under a final name and keeps its changes for the next one;
+//! restore checks every checksum and every link of the chain. The README's
+//! "Guarantees" section states exactly what is and is not promised.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

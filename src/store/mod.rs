@@ -2,8 +2,9 @@
 //!
 //! Every byte a [`crate::BackupManager`] writes and every file restore reads
 //! goes through a [`BackupStore`]. [`LocalStore`] is a directory on disk;
-//! tests plug in stores that fail on demand, and object storage plugs in the
-//! same way.
+//! with the `object-store` feature, `ObjectBackupStore` keeps backups in S3
+//! or any other `object_store` backend (`open_url("s3://bucket/prefix")`).
+//! Tests plug in stores that fail on demand the same way.
 
 pub(crate) mod local;
 #[cfg(feature = "object-store")]
