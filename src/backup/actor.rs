@@ -25,6 +25,12 @@ use crate::store::BackupStore;
 /// by a writer that never pauses.
 const DRAIN_BATCH: usize = 4096;
 
+/// A batch this large means writers are busy: see [`Actor::on_mutations`].
+const BUSY_BATCH: usize = 16;
+
+/// How long the actor leaves events to queue up when writers are busy.
+const FOLD_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 pub(crate) struct Actor {
     db: DictDB,
     store: Arc<dyn BackupStore>,
@@ -36,6 +42,8 @@ pub(crate) struct Actor {
     pending: Pending,
     /// An event read past a cut while draining, for the next window.
     carry: Option<Mutation>,
+    /// Events are left to queue until then (writers are busy).
+    fold_pause: Option<Instant>,
     debounce: Debounce,
     namer: Namer,
     /// The full backup the current chain of deltas builds on.
@@ -72,6 +80,7 @@ impl Actor {
             mutations,
             pending: Pending::new(seq),
             carry: None,
+            fold_pause: None,
             namer: Namer::default(),
             base: None,
             force_full: None,
@@ -109,7 +118,8 @@ impl Actor {
                 },
                 () = self.shared.notify.notified() => self.debounce.notify(),
                 () = sleep_until(deadline) => self.on_timer().await,
-                first = self.mutations.recv() => self.on_mutations(first),
+                () = Self::fold_pause_end(self.fold_pause), if self.fold_pause.is_some() => self.fold_pause = None,
+                first = self.mutations.recv(), if self.fold_pause.is_none() => self.on_mutations(first),
             }
         }
         info!(store = %self.store.location(), "backup manager stopped");
@@ -139,18 +149,41 @@ impl Actor {
         let _ = self.backup(Request::Now).await;
     }
 
+    /// Folds the event just received and every one already waiting; when
+    /// writers are busy, pauses receiving for [`FOLD_PAUSE`].
+    ///
+    /// Waking per event would cost every writer a wakeup of this task, and a
+    /// receiver that keeps catching up takes the channel's internal lock over
+    /// and over; when the scheduler preempted it there, writers stalled
+    /// behind that lock for a whole time slice (measured: 3 to 12 ms). In
+    /// bursts, the writers run alone while events queue up in the channel
+    /// (65,536 slots by default: far more than a millisecond's worth).
     fn on_mutations(&mut self, first: std::result::Result<Mutation, RecvError>) {
         match first {
             Ok(m) => self.pending.fold(m),
             Err(RecvError::Lagged(n)) => self.lagged(n),
             Err(RecvError::Closed) => return,
         }
-        for _ in 0..DRAIN_BATCH {
+        let mut folded = 1;
+        while folded < DRAIN_BATCH {
             match self.mutations.try_recv() {
                 Ok(m) => self.pending.fold(m),
                 Err(TryRecvError::Lagged(n)) => self.lagged(n),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
+            folded += 1;
+        }
+        if folded >= BUSY_BATCH {
+            self.fold_pause = Some(Instant::now() + FOLD_PAUSE);
+        }
+    }
+
+    /// Sleeps until the fold pause ends (forever when there is none: the
+    /// branch is then disabled).
+    async fn fold_pause_end(pause: Option<Instant>) {
+        match pause {
+            Some(t) => sleep_until(t).await,
+            None => std::future::pending().await,
         }
     }
 
@@ -263,6 +296,7 @@ impl Actor {
         let name = self.namer.next(kind, format).to_string();
         let from_seq = (kind == BackupKind::Delta).then_some(old.base_seq);
         let job = Job {
+            db: self.db.clone(),
             kind,
             format,
             snapshot,
@@ -277,7 +311,8 @@ impl Actor {
             tokio::select! {
                 biased;
                 r = &mut fut => break r,
-                first = self.mutations.recv() => self.on_mutations(first),
+                () = Self::fold_pause_end(self.fold_pause), if self.fold_pause.is_some() => self.fold_pause = None,
+                first = self.mutations.recv(), if self.fold_pause.is_none() => self.on_mutations(first),
             }
         };
         match result {
@@ -361,6 +396,8 @@ impl Actor {
 /// Everything needed to serialise one file, owned so it can move to the
 /// blocking pool.
 struct Job {
+    /// Watched while serialising, to give way to active writers.
+    db: DictDB,
     kind: BackupKind,
     format: FileFormat,
     snapshot: Snapshot,
@@ -409,6 +446,42 @@ fn background<T: Send + 'static>(
     }
 }
 
+/// Gives way to the service's writers while a backup serialises.
+///
+/// On a machine with few cores, a serialiser that keeps one core busy leaves
+/// every other wakeup (timers, the runtime, the kernel) to preempt the
+/// writers on the other core, for a scheduler tick at a time: measured here,
+/// writer stalls of 3 to 8 ms. So after each chunk, if any change committed
+/// since the last one, the serialiser sleeps for half the time it just
+/// worked (a 2/3 duty cycle), leaving idle gaps for those wakeups. Measured:
+/// no writer stall above 1 ms. With no writer active it never sleeps, so an
+/// idle service gets its backups at full speed.
+struct Pacer<'a> {
+    db: &'a DictDB,
+    seen: u64,
+    since: std::time::Instant,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(db: &'a DictDB) -> Self {
+        Pacer {
+            db,
+            seen: db.activity(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn pause_if_writers_active(&mut self) {
+        let now = self.db.activity();
+        if now != self.seen {
+            let worked = self.since.elapsed();
+            std::thread::sleep((worked / 2).min(std::time::Duration::from_millis(5)));
+            self.seen = now;
+        }
+        self.since = std::time::Instant::now();
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn lower_priority() {
     // SAFETY: setpriority takes plain integers and has no memory-safety
@@ -431,11 +504,14 @@ async fn write_job(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let target = name.clone();
     let producer = background(&name, move || -> Result<(u64, u64, String)> {
+        let mut pacer = Pacer::new(&job.db);
         let mut emit = |chunk: Vec<u8>| {
             tx.blocking_send(chunk).map_err(|_| Error::Store {
                 path: target.clone(),
                 message: "the store writer stopped".into(),
-            })
+            })?;
+            pacer.pause_if_writers_active();
+            Ok(())
         };
         match job.kind {
             BackupKind::Full => {

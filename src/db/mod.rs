@@ -6,6 +6,7 @@ mod table;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use imbl::OrdMap;
@@ -58,6 +59,9 @@ pub struct DictDB {
 pub(crate) struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<Mutation>,
+    /// The last committed sequence number, readable without the lock: a
+    /// backup in progress watches it to tell whether writers are active.
+    activity: AtomicU64,
 }
 
 #[derive(Default)]
@@ -170,6 +174,7 @@ impl DictDB {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 events,
+                activity: AtomicU64::new(0),
             }),
         }
     }
@@ -191,6 +196,7 @@ impl DictDB {
     /// commit order. With no subscriber the event is never even built.
     pub(crate) fn commit(&self, seq: &mut u64, table: &Arc<str>, change: impl FnOnce() -> Change) {
         *seq += 1;
+        self.shared.activity.store(*seq, Ordering::Relaxed);
         if self.shared.events.receiver_count() > 0 {
             let _ = self.shared.events.send(Mutation {
                 seq: *seq,
@@ -269,6 +275,11 @@ impl DictDB {
     /// instance from a [`snapshot`](Self::snapshot)).
     pub fn subscribe(&self) -> broadcast::Receiver<Mutation> {
         self.shared.events.subscribe()
+    }
+
+    /// A counter that moves whenever a change commits, read without the lock.
+    pub(crate) fn activity(&self) -> u64 {
+        self.shared.activity.load(Ordering::Relaxed)
     }
 
     /// Sequence number of the last committed change.
