@@ -658,8 +658,12 @@ pub(crate) fn extract_key(rec: &[u8], field: &str) -> Result<Option<Key>, String
     let mut r = Reader::new(rec);
     let n = r.map_len()?;
     for _ in 0..n {
-        let k = r.str()?;
-        if k == field {
+        // Field names are compared as bytes: stored records are UTF-8.
+        let k = match r.raw_tok()? {
+            RawTok::Str(k) => k,
+            _ => return Err("a field name is not a string".into()),
+        };
+        if k == field.as_bytes() {
             return match r.tok()? {
                 Tok::Uint(u) => i64::try_from(u).map(|i| Some(Key::Int(i))).map_err(|_| {
                     format!("key {u} of field `{field}` does not fit a signed 64-bit key")
@@ -899,10 +903,17 @@ impl<'de> DeserializeSeed<'de> for Transcode<'_> {
     }
 }
 
-/// Inserts a container header for `n` items at `start`, before the items.
+/// Writes the header of a container of `n` items at `start`, before them.
+///
+/// One byte was reserved at `start` when the container began: most
+/// containers hold fewer than 16 items and take a one-byte header, written
+/// in place; only longer ones move their items to make room.
 fn insert_header(out: &mut Vec<u8>, start: usize, base: u8, n: usize) {
     let (h, len) = container_header(base, n);
-    out.splice(start..start, h[..len].iter().copied());
+    out[start] = h[0];
+    if len > 1 {
+        out.splice(start + 1..start + 1, h[1..len].iter().copied());
+    }
 }
 
 impl<'de> Visitor<'de> for Transcode<'_> {
@@ -955,6 +966,7 @@ impl<'de> Visitor<'de> for Transcode<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let start = self.out.len();
+        self.out.push(0);
         let mut n = 0usize;
         while seq
             .next_element_seed(Transcode {
@@ -971,6 +983,7 @@ impl<'de> Visitor<'de> for Transcode<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let start = self.out.len();
+        self.out.push(0);
         let mut n = 0usize;
         // Byte ranges of this object's field names, to reject duplicates.
         let mut names: Vec<(usize, usize)> = Vec::new();

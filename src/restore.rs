@@ -9,6 +9,7 @@
 //! Directories written by the Python original (no sequence numbers, no
 //! checksums) restore by name order and are reported as unverified.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -210,6 +211,13 @@ impl Restore {
     async fn execute(&self, load: bool) -> Result<Restored> {
         let all = self.candidates().await?;
         let mut skipped = Vec::new();
+        // The deltas of the newest chain are read and parsed while its full
+        // backup loads (two cores: parsing the deltas costs no wall time).
+        let mut prefetched = if load {
+            self.prefetch(&all)
+        } else {
+            HashMap::new()
+        };
         // Newest usable full backup first.
         let mut base = None;
         for c in all.iter().rev().filter(|c| c.name.kind == BackupKind::Full) {
@@ -253,8 +261,19 @@ impl Restore {
             .filter(|c| c.name.kind == BackupKind::Delta && c.name > base_c.name)
             .filter(|c| chain_end.as_ref().is_none_or(|end| c.name < *end))
         {
+            let prefetch = prefetched.remove(&c.file.name);
             let step = self
-                .delta_step(c, &base_name, base_meta.is_some(), seq, load, &db)
+                .delta_step(
+                    c,
+                    Link {
+                        base: &base_name,
+                        has_seq: base_meta.is_some(),
+                        seq,
+                    },
+                    load,
+                    &db,
+                    prefetch,
+                )
                 .await;
             match step {
                 Ok(Step::Applied {
@@ -292,6 +311,26 @@ impl Restore {
             skipped,
             stopped,
         })
+    }
+
+    /// Starts reading and parsing the deltas that follow the newest full
+    /// backup (up to a bounded number), in the background.
+    fn prefetch(
+        &self,
+        all: &[Candidate],
+    ) -> HashMap<String, tokio::task::JoinHandle<Result<Document>>> {
+        const AHEAD: usize = 32;
+        let Some(newest) = all.iter().rev().find(|c| c.name.kind == BackupKind::Full) else {
+            return HashMap::new();
+        };
+        all.iter()
+            .filter(|c| c.name.kind == BackupKind::Delta && c.name > newest.name)
+            .take(AHEAD)
+            .map(|c| {
+                let task = tokio::spawn(read_and_parse(Arc::clone(&self.store), c.clone()));
+                (c.file.name.clone(), task)
+            })
+            .collect()
     }
 
     /// Opens a full backup: `None` if it lies beyond `until_seq`.
@@ -336,22 +375,21 @@ impl Restore {
     async fn delta_step(
         &self,
         c: &Candidate,
-        base: &str,
-        chain_has_seq: bool,
-        seq: Option<u64>,
+        link: Link<'_>,
         load: bool,
         db: &DictDB,
+        prefetched: Option<tokio::task::JoinHandle<Result<Document>>>,
     ) -> Result<Step> {
-        let (format, bytes) = self.read(c).await?;
-        let name = c.file.name.clone();
         let (meta, doc, integrity) = if load {
-            let doc = tokio::task::spawn_blocking(move || parse_document(&bytes, format, &name))
-                .await
-                .map_err(|e| Error::corrupt(&c.file.name, e))??;
+            let doc = match prefetched {
+                Some(task) => task.await.map_err(|e| Error::corrupt(&c.file.name, e))??,
+                None => read_and_parse(Arc::clone(&self.store), c.clone()).await?,
+            };
             let integrity = doc.integrity.clone();
             (doc.meta.clone(), Some(doc), integrity)
         } else {
-            let (meta, integrity) = read_meta(&bytes, format, &name)?;
+            let (format, bytes) = self.read(c).await?;
+            let (meta, integrity) = read_meta(&bytes, format, &c.file.name)?;
             (meta, None, integrity)
         };
         let name = &c.file.name;
@@ -363,6 +401,11 @@ impl Restore {
                 ));
             }
         }
+        let Link {
+            base,
+            has_seq: chain_has_seq,
+            seq,
+        } = link;
         match (&meta, chain_has_seq) {
             (Some(m), true) => {
                 if m.base.as_deref() != Some(base) {
@@ -418,6 +461,27 @@ impl Restore {
             integrity,
         })
     }
+}
+
+/// Where the chain stands when the next delta is checked.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    /// The full backup the chain starts from.
+    base: &'a str,
+    /// Whether that full backup records sequence numbers.
+    has_seq: bool,
+    /// The sequence number reached so far.
+    seq: Option<u64>,
+}
+
+/// Reads and parses one file on the blocking pool.
+async fn read_and_parse(store: Arc<dyn BackupStore>, c: Candidate) -> Result<Document> {
+    let format = c.format()?;
+    let bytes = store.read(&c.file.name).await?;
+    let name = c.file.name.clone();
+    tokio::task::spawn_blocking(move || parse_document(&bytes, format, &name))
+        .await
+        .map_err(|e| Error::corrupt(&c.file.name, e))?
 }
 
 enum Step {

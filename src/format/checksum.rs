@@ -19,7 +19,7 @@ const JSON_TRAILER_LEN: usize = JSON_PREFIX.len() + 16 + 2;
 const MSGPACK_TRAILER_LEN: usize = 1 + 8 + 1 + 24;
 
 /// Size of the chunks handed to the store while a document is written.
-pub(crate) const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 18;
 
 /// What checking a file's embedded checksum found.
 #[derive(Clone, Debug, PartialEq, Eq)]
