@@ -637,9 +637,7 @@ impl DirReport {
         let store = open_store(dir)?;
         let report = verify_store(Arc::clone(&store)).await?;
         let ok = report.is_ok();
-        let VerifyReport {
-            mut files, chain, ..
-        } = report;
+        let VerifyReport { files, chain, .. } = report;
         let lenient = match chain {
             Ok(_) => None,
             Err(_) => Some(
@@ -649,14 +647,7 @@ impl DirReport {
                     .await,
             ),
         };
-        files.sort_by(
-            |a, b| match (BackupName::parse(&a.name), BackupName::parse(&b.name)) {
-                (Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => a.name.cmp(&b.name),
-            },
-        );
+        // verify_store lists backup files in write order, foreign files last.
         Ok(DirReport {
             dir: dir.to_path_buf(),
             files,

@@ -1,0 +1,115 @@
+//! The service workload shared by the `service` and `s3_backup` examples.
+
+use std::time::Duration;
+
+use dictdb::{BackupConfig, BackupEvent, BackupInfo, BackupKind, BackupManager, DictDB};
+use serde_json::json;
+use tokio::time::{interval, Instant};
+
+/// What the backup manager reported while the service ran.
+pub struct Report {
+    /// The last full backup, written on shutdown.
+    pub last: BackupInfo,
+    /// Full backups, deltas and failures seen on the event stream.
+    pub full: u32,
+    pub delta: u32,
+    pub failed: u32,
+}
+
+/// Installs a log subscriber (the library never does): `RUST_LOG` or `warn`.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+}
+
+/// Runs the service on `db` for about five seconds: batches of 50 inserts
+/// (some updated, some deleted) and upserts every 20 ms, `notify_change()`
+/// after each batch, an incremental manager writing a delta every 250 ms
+/// and a full backup after every three deltas. On shutdown: a last full
+/// backup, then `stop()`.
+pub async fn run_service(
+    db: &DictDB,
+    config: BackupConfig,
+) -> Result<Report, Box<dyn std::error::Error>> {
+    let users = db.create_table("users")?;
+    let orders = db.create_table_with_key("orders", "order_id")?;
+    let backups = BackupManager::start(
+        db,
+        config
+            .incremental(true)
+            .backup_interval(Duration::from_millis(250))
+            .min_backup_interval(Duration::from_millis(100))
+            .max_deltas_before_full(3)
+            .on_backup_failure(|err, n| eprintln!("backup failed ({n} in a row): {err}")),
+    )?;
+
+    // Count what the manager reports.
+    let mut events = backups.subscribe();
+    let counter = tokio::spawn(async move {
+        let (mut full, mut delta, mut failed) = (0u32, 0u32, 0u32);
+        loop {
+            match events.recv().await {
+                Ok(BackupEvent::Completed(info)) if info.kind == BackupKind::Full => full += 1,
+                Ok(BackupEvent::Completed(_)) => delta += 1,
+                Ok(BackupEvent::Failed { .. }) => failed += 1,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        (full, delta, failed)
+    });
+
+    // Five seconds of steady writes, in batches of 50 every 20 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut tick = interval(Duration::from_millis(20));
+    let mut batch = 0u64;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        batch += 1;
+        for i in 0..50u64 {
+            let n = batch * 50 + i;
+            let id = users.insert(
+                json!({"name": format!("user_{n}"), "batch": batch, "score": n as f64 * 0.5}),
+            )?;
+            if n % 7 == 0 {
+                users.update(id.clone(), json!({"vip": true}))?;
+            }
+            if n % 11 == 0 {
+                users.delete(id)?;
+            }
+            orders.upsert(json!({"order_id": format!("o-{}", n % 500), "last_batch": batch}))?;
+        }
+        backups.notify_change();
+    }
+
+    // Shutdown: a last full backup, then stop the actor.
+    let last = backups.backup_full().await?;
+    backups.stop().await?;
+    // The event stream ends when the last handle is gone.
+    drop(backups);
+    let (full, delta, failed) = counter.await?;
+    Ok(Report {
+        last,
+        full,
+        delta,
+        failed,
+    })
+}
+
+/// Whether two databases hold the same tables, key fields and records.
+pub fn same_state(live: &DictDB, restored: &DictDB) -> bool {
+    let (a, b) = (live.snapshot(), restored.snapshot());
+    a.tables().len() == b.tables().len()
+        && a.tables().iter().zip(b.tables()).all(|(x, y)| {
+            x.name() == y.name()
+                && x.primary_key() == y.primary_key()
+                && x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|((k1, r1), (k2, r2))| k1 == k2 && r1.to_value() == r2.to_value())
+        })
+}
