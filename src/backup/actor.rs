@@ -165,15 +165,21 @@ impl Actor {
             Err(RecvError::Closed) => return,
         }
         let mut folded = 1;
+        let mut emptied = false;
         while folded < DRAIN_BATCH {
             match self.mutations.try_recv() {
                 Ok(m) => self.pending.fold(m),
                 Err(TryRecvError::Lagged(n)) => self.lagged(n),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => {
+                    emptied = true;
+                    break;
+                }
             }
             folded += 1;
         }
-        if folded >= BUSY_BATCH {
+        // Pause only once caught up: a channel still full of events is
+        // drained without pause, so a pause never makes the actor lag.
+        if emptied && folded >= BUSY_BATCH {
             self.fold_pause = Some(Instant::now() + FOLD_PAUSE);
         }
     }
