@@ -10,7 +10,8 @@ use tracing::warn;
 use crate::db::{validate_table_name, Change, DictDB, Snapshot, TableSnapshot, TableState};
 use crate::error::{Error, Result};
 use crate::format::{
-    parse_document, write_full, ChunkWriter, DocKind, Document, FileFormat, Integrity, Meta,
+    parse_document, parse_document_with, write_full, ChunkWriter, DocKind, Document, FileFormat,
+    Integrity, Meta, RecordSink, SinkMsg,
 };
 use crate::key::Key;
 use crate::record::Record;
@@ -131,36 +132,139 @@ pub(crate) fn load_full(
     format: FileFormat,
     file: &str,
 ) -> Result<(Snapshot, Document)> {
-    let mut doc = parse_document(bytes, format, file)?;
+    // Below this size a second thread costs more than it saves.
+    const PIPELINE_BYTES: usize = 4 << 20;
+    let (mut doc, mut built) = if format == FileFormat::Json && bytes.len() >= PIPELINE_BYTES {
+        parse_pipelined(bytes, format, file)?
+    } else {
+        (parse_document(bytes, format, file)?, BTreeMap::new())
+    };
     if doc.kind != DocKind::Full {
         return Err(Error::corrupt(
             file,
             "this is a delta, not a full backup (apply it with apply_delta)",
         ));
     }
-    let snapshot = snapshot_from_document(&mut doc, file)?;
+    let snapshot = snapshot_from_document(&mut doc, &mut built, file)?;
     Ok((snapshot, doc))
 }
 
-fn snapshot_from_document(doc: &mut Document, file: &str) -> Result<Snapshot> {
+/// A table's records indexed by key, and the next auto key they imply.
+type Built = (OrdMap<Key, Record>, i128);
+
+/// Indexes one table's records, in file order; duplicate keys and records
+/// without a valid key are errors naming the file.
+struct Indexer<'a> {
+    file: &'a str,
+    table: String,
+    pk: String,
+    records: OrdMap<Key, Record>,
+    next_id: i128,
+}
+
+impl<'a> Indexer<'a> {
+    fn new(file: &'a str, table: String, pk: String) -> Self {
+        Indexer {
+            file,
+            table,
+            pk,
+            records: OrdMap::new(),
+            next_id: 1,
+        }
+    }
+
+    fn add(&mut self, rec: Record) -> Result<()> {
+        let key = record_key(&rec, &self.pk, &self.table, self.file)?;
+        if let Key::Int(i) = key {
+            self.next_id = self.next_id.max(i128::from(i) + 1);
+        }
+        if self.records.insert(key.clone(), rec).is_some() {
+            return Err(Error::corrupt(
+                self.file,
+                format!("duplicate primary key {key} in table `{}`", self.table),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a large JSON full backup on this thread while a second thread
+/// indexes the records as they come (two cores: the B-tree is built for
+/// free while the text is parsed).
+fn parse_pipelined(
+    bytes: &[u8],
+    format: FileFormat,
+    file: &str,
+) -> Result<(Document, BTreeMap<String, Built>)> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SinkMsg>(16);
+        let indexer = scope.spawn(move || -> Result<BTreeMap<String, Built>> {
+            let mut done = BTreeMap::new();
+            let mut current: Option<Indexer<'_>> = None;
+            let mut failed = None;
+            for msg in rx {
+                // After an error, keep receiving so the parser never blocks.
+                if failed.is_some() {
+                    continue;
+                }
+                match msg {
+                    SinkMsg::Start { table, primary_key } => {
+                        if let Some(ix) = current.take() {
+                            done.insert(ix.table, (ix.records, ix.next_id));
+                        }
+                        current = Some(Indexer::new(file, table, primary_key));
+                    }
+                    SinkMsg::Batch(batch) => {
+                        let Some(ix) = current.as_mut() else { continue };
+                        for rec in batch {
+                            if let Err(e) = ix.add(rec) {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if let Some(ix) = current.take() {
+                done.insert(ix.table, (ix.records, ix.next_id));
+            }
+            Ok(done)
+        });
+        let mut sink = RecordSink { tx };
+        let parsed = parse_document_with(bytes, format, file, Some(&mut sink));
+        drop(sink);
+        let built = indexer
+            .join()
+            .map_err(|_| Error::corrupt(file, "the indexing thread panicked"))?;
+        // A parse error explains more than what the indexer saw of it.
+        let doc = parsed?;
+        Ok((doc, built?))
+    })
+}
+
+fn snapshot_from_document(
+    doc: &mut Document,
+    built: &mut BTreeMap<String, Built>,
+    file: &str,
+) -> Result<Snapshot> {
     let meta = doc.meta.clone().unwrap_or_default();
     let mut tables = Vec::with_capacity(doc.tables.len());
     for t in std::mem::take(&mut doc.tables) {
         let pk: Arc<str> = Arc::from(t.primary_key.as_deref().unwrap_or("id"));
-        let mut records = OrdMap::new();
-        let mut next_id: i128 = 1;
-        for rec in t.records {
-            let key = record_key(&rec, &pk, &t.name, file)?;
-            if let Key::Int(i) = key {
-                next_id = next_id.max(i128::from(i) + 1);
+        let (records, mut next_id) = if t.streamed {
+            built.remove(&t.name).ok_or_else(|| {
+                Error::corrupt(file, format!("table `{}` was not indexed", t.name))
+            })?
+        } else {
+            let mut ix = Indexer::new(file, t.name.clone(), pk.to_string());
+            for rec in t.records {
+                ix.add(rec)?;
             }
-            if records.insert(key.clone(), rec).is_some() {
-                return Err(Error::corrupt(
-                    file,
-                    format!("duplicate primary key {key} in table `{}`", t.name),
-                ));
-            }
-        }
+            (ix.records, ix.next_id)
+        };
         if let Some(n) = meta.next_keys.get(&t.name) {
             next_id = next_id.max(i128::from(*n));
         }

@@ -36,7 +36,9 @@ use std::str::FromStr;
 pub use checksum::Integrity;
 pub(crate) use checksum::{verify_checksum, ChunkWriter};
 pub(crate) use meta::{Meta, VERSION as META_VERSION};
-pub(crate) use parse::{parse_document, DocKind, Document};
+pub(crate) use parse::{
+    parse_document, parse_document_with, DocKind, Document, RecordSink, SinkMsg,
+};
 pub(crate) use write::{write_delta, write_full, DeltaTable};
 
 use crate::error::Error;

@@ -32,6 +32,8 @@ pub(crate) struct DocTable {
     pub(crate) schema: Option<Value>,
     /// Full documents: the records. Deltas: the upserts.
     pub(crate) records: Vec<Record>,
+    /// The records went to a [`RecordSink`] instead of `records`.
+    pub(crate) streamed: bool,
     pub(crate) deletes: Vec<Key>,
 }
 
@@ -45,12 +47,49 @@ pub(crate) struct Document {
     pub(crate) integrity: Integrity,
 }
 
+/// What a [`RecordSink`] is sent.
+pub(crate) enum SinkMsg {
+    /// The records of this table (with this key field) follow.
+    Start { table: String, primary_key: String },
+    /// Records, in file order.
+    Batch(Vec<Record>),
+}
+
+/// Takes the records of a full document's tables while it is parsed, so
+/// that another thread can index them at the same time (restore of a large
+/// JSON backup: parsing and building the B-tree overlap on two cores).
+/// Only tables whose `primary_key` comes before their `records` are sent;
+/// the others stay in the document.
+#[derive(Debug)]
+pub(crate) struct RecordSink {
+    pub(crate) tx: std::sync::mpsc::SyncSender<SinkMsg>,
+}
+
+impl RecordSink {
+    const BATCH: usize = 4096;
+
+    fn send(&self, msg: SinkMsg) {
+        // A receiver that gave up has its own error to report.
+        let _ = self.tx.send(msg);
+    }
+}
+
 /// Parses a whole file: checks the embedded checksum (if any), then the
 /// document. `file` names the file in errors.
 pub(crate) fn parse_document(bytes: &[u8], format: FileFormat, file: &str) -> Result<Document> {
+    parse_document_with(bytes, format, file, None)
+}
+
+/// [`parse_document`], sending the records of JSON full documents to `sink`.
+pub(crate) fn parse_document_with(
+    bytes: &[u8],
+    format: FileFormat,
+    file: &str,
+    sink: Option<&mut RecordSink>,
+) -> Result<Document> {
     let integrity = verify_checksum(bytes, format, file)?;
     let mut doc = match format {
-        FileFormat::Json => parse_json(bytes).map_err(|e| Error::corrupt(file, e))?,
+        FileFormat::Json => parse_json(bytes, sink).map_err(|e| Error::corrupt(file, e))?,
         FileFormat::MessagePack => parse_msgpack(bytes).map_err(|e| Error::corrupt(file, e))?,
     };
     doc.integrity = integrity;
@@ -93,10 +132,14 @@ pub(crate) fn parse_document(bytes: &[u8], format: FileFormat, file: &str) -> Re
 // JSON
 // ---------------------------------------------------------------------------
 
-fn parse_json(bytes: &[u8]) -> std::result::Result<Document, String> {
+fn parse_json(
+    bytes: &[u8],
+    sink: Option<&mut RecordSink>,
+) -> std::result::Result<Document, String> {
     SUSPICIOUS_FLOAT.with(|f| f.set(false));
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let doc = de::Deserializer::deserialize_map(&mut de, DocVisitor).map_err(|e| e.to_string())?;
+    let doc = de::Deserializer::deserialize_map(&mut de, DocVisitor { sink })
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     // serde_json reads integer literals beyond 64 bits as floats; rather than
     // change a value silently, such a file is refused. The scan only runs
@@ -111,16 +154,21 @@ fn parse_json(bytes: &[u8]) -> std::result::Result<Document, String> {
     Ok(doc)
 }
 
-struct DocVisitor;
+struct DocVisitor<'s> {
+    sink: Option<&'s mut RecordSink>,
+}
 
-impl<'de> Visitor<'de> for DocVisitor {
+impl<'de> Visitor<'de> for DocVisitor<'_> {
     type Value = Document;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DictDB document (an object with \"tables\")")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Document, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(
+        mut self,
+        mut map: A,
+    ) -> std::result::Result<Document, A::Error> {
         let mut kind = DocKind::Full;
         let mut meta = None;
         let mut timestamp = None;
@@ -145,7 +193,13 @@ impl<'de> Visitor<'de> for DocVisitor {
                     if tables.is_some() {
                         return Err(de::Error::custom("\"tables\" appears twice"));
                     }
-                    tables = Some(map.next_value_seed(TablesSeed)?);
+                    // Deltas hold upserts, never streamed.
+                    let sink = if kind == DocKind::Full {
+                        self.sink.as_deref_mut()
+                    } else {
+                        None
+                    };
+                    tables = Some(map.next_value_seed(TablesSeed { sink })?);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -163,9 +217,11 @@ impl<'de> Visitor<'de> for DocVisitor {
     }
 }
 
-struct TablesSeed;
+struct TablesSeed<'s> {
+    sink: Option<&'s mut RecordSink>,
+}
 
-impl<'de> DeserializeSeed<'de> for TablesSeed {
+impl<'de> DeserializeSeed<'de> for TablesSeed<'_> {
     type Value = Vec<DocTable>;
 
     fn deserialize<D: de::Deserializer<'de>>(
@@ -176,7 +232,7 @@ impl<'de> DeserializeSeed<'de> for TablesSeed {
     }
 }
 
-impl<'de> Visitor<'de> for TablesSeed {
+impl<'de> Visitor<'de> for TablesSeed<'_> {
     type Value = Vec<DocTable>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,18 +244,24 @@ impl<'de> Visitor<'de> for TablesSeed {
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut out = Vec::new();
+        let mut sink = self.sink;
         while let Some(name) = map.next_key::<String>()? {
-            let mut t = map.next_value_seed(TableSeed)?;
-            t.name = name;
+            let t = map.next_value_seed(TableSeed {
+                name,
+                sink: sink.as_deref_mut(),
+            })?;
             out.push(t);
         }
         Ok(out)
     }
 }
 
-struct TableSeed;
+struct TableSeed<'s> {
+    name: String,
+    sink: Option<&'s mut RecordSink>,
+}
 
-impl<'de> DeserializeSeed<'de> for TableSeed {
+impl<'de> DeserializeSeed<'de> for TableSeed<'_> {
     type Value = DocTable;
 
     fn deserialize<D: de::Deserializer<'de>>(
@@ -210,7 +272,7 @@ impl<'de> DeserializeSeed<'de> for TableSeed {
     }
 }
 
-impl<'de> Visitor<'de> for TableSeed {
+impl<'de> Visitor<'de> for TableSeed<'_> {
     type Value = DocTable;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -218,7 +280,11 @@ impl<'de> Visitor<'de> for TableSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<DocTable, A::Error> {
-        let mut t = DocTable::default();
+        let mut t = DocTable {
+            name: self.name,
+            ..DocTable::default()
+        };
+        let mut sink = self.sink;
         let mut seen: Vec<String> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             if seen.contains(&key) {
@@ -243,7 +309,18 @@ impl<'de> Visitor<'de> for TableSeed {
                             "a table has both \"records\" and \"upserts\"",
                         ));
                     }
-                    t.records = map.next_value_seed(RecordsSeed)?;
+                    let stream = match (&mut sink, &t.primary_key) {
+                        (Some(sink), Some(pk)) if key == "records" => {
+                            sink.send(SinkMsg::Start {
+                                table: t.name.clone(),
+                                primary_key: pk.clone(),
+                            });
+                            Some(&mut **sink)
+                        }
+                        _ => None,
+                    };
+                    t.streamed = stream.is_some();
+                    t.records = map.next_value_seed(RecordsSeed { sink: stream })?;
                 }
                 "deletes" => {
                     let keys: Vec<Value> = map.next_value()?;
@@ -261,9 +338,12 @@ impl<'de> Visitor<'de> for TableSeed {
     }
 }
 
-struct RecordsSeed;
+struct RecordsSeed<'s> {
+    /// Where to send the records instead of returning them.
+    sink: Option<&'s mut RecordSink>,
+}
 
-impl<'de> DeserializeSeed<'de> for RecordsSeed {
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
     type Value = Vec<Record>;
 
     fn deserialize<D: de::Deserializer<'de>>(
@@ -274,7 +354,7 @@ impl<'de> DeserializeSeed<'de> for RecordsSeed {
     }
 }
 
-impl<'de> Visitor<'de> for RecordsSeed {
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
     type Value = Vec<Record>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -286,6 +366,7 @@ impl<'de> Visitor<'de> for RecordsSeed {
         mut seq: A,
     ) -> std::result::Result<Vec<Record>, A::Error> {
         let mut out = Vec::new();
+        let mut sent = 0usize;
         let mut scratch = Vec::with_capacity(256);
         loop {
             scratch.clear();
@@ -301,10 +382,21 @@ impl<'de> Visitor<'de> for RecordsSeed {
             if !matches!(scratch.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
                 return Err(de::Error::custom(format_args!(
                     "record #{} is not an object",
-                    out.len() + 1
+                    sent + out.len() + 1
                 )));
             }
             out.push(Record::from_validated(&scratch));
+            if let Some(sink) = &self.sink {
+                if out.len() >= RecordSink::BATCH {
+                    sent += out.len();
+                    sink.send(SinkMsg::Batch(std::mem::take(&mut out)));
+                }
+            }
+        }
+        if let Some(sink) = &self.sink {
+            if !out.is_empty() {
+                sink.send(SinkMsg::Batch(std::mem::take(&mut out)));
+            }
         }
         Ok(out)
     }
