@@ -102,7 +102,8 @@ async fn child(dir: PathBuf) {
             .unwrap();
         while let Ok(e) = events.recv().await {
             if let BackupEvent::Completed(info) = e {
-                writeln!(f, "{}", info.seq).unwrap();
+                // One write() per line, so a kill never tears a line in two.
+                f.write_all(format!("{}\n", info.seq).as_bytes()).unwrap();
                 f.sync_all().unwrap();
             }
         }
@@ -145,11 +146,10 @@ fn crash_child() {
 }
 
 fn last_logged(dir: &Path) -> Option<u64> {
-    std::fs::read_to_string(log_path(dir))
-        .ok()?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .max()
+    let text = std::fs::read_to_string(log_path(dir)).ok()?;
+    // Only whole lines: a line without its newline was cut by the kill.
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    whole.lines().filter_map(|l| l.trim().parse().ok()).max()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,17 @@ impl Actor {
                 }
             }
         }
+        // A process killed while writing leaves its temporary file behind.
+        match self.store.remove_leftovers().await {
+            Ok(removed) if !removed.is_empty() => {
+                info!(
+                    files = removed.len(),
+                    "removed temporary files left by a crashed writer"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(cause = %e, "could not look for leftover temporary files"),
+        }
         let mut stop_reply: Option<oneshot::Sender<()>> = None;
         loop {
             let deadline = self.next_deadline();

@@ -106,6 +106,22 @@ pub(crate) fn write_atomic<T>(
     Ok(out)
 }
 
+/// Whether `name` is a temporary file written by a process that no longer
+/// runs (names carry the writer's process id). Only decided on Linux, where
+/// `/proc` tells; elsewhere nothing is ever considered left over.
+fn leftover_of_dead_process(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+        return false;
+    };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    if pid == std::process::id() || !cfg!(target_os = "linux") {
+        return false;
+    }
+    !Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// A temporary file on its way to a final name.
 struct TmpFile {
     dir: PathBuf,
@@ -258,6 +274,22 @@ impl BackupStore for LocalStore {
     async fn read(&self, name: &str) -> Result<Vec<u8>> {
         let path = self.path(name)?;
         blocking(move || fs::read(&path).map_err(|e| Error::io(path.display(), e))).await
+    }
+
+    async fn remove_leftovers(&self) -> Result<Vec<String>> {
+        let dir = Arc::clone(&self.dir);
+        blocking(move || {
+            let mut removed = Vec::new();
+            for entry in fs::read_dir(&*dir).map_err(|e| Error::io(dir.display(), e))? {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name().to_string_lossy().to_string();
+                if leftover_of_dead_process(&name) && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(name);
+                }
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

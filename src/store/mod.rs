@@ -51,6 +51,14 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes a file. Deleting a file that does not exist is not an error.
     async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Removes what writers that died left behind (temporary files of
+    /// processes that no longer exist), and returns what it removed. Called
+    /// when a backup manager starts; stores with nothing to clean keep the
+    /// default, which does nothing.
+    async fn remove_leftovers(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A file being written to a [`BackupStore`].
