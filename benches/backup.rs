@@ -42,6 +42,25 @@ fn one_percent(t: &Table, round: i64, next: &mut i64) {
     }
 }
 
+/// An incremental manager on `rt` that writes a full backup after
+/// `max_deltas` deltas.
+fn incremental_manager(
+    rt: &tokio::runtime::Runtime,
+    db: &DictDB,
+    dir: &std::path::Path,
+    max_deltas: u32,
+) -> BackupManager {
+    rt.block_on(async {
+        BackupManager::start(
+            db,
+            BackupConfig::new(dir)
+                .incremental(true)
+                .max_deltas_before_full(max_deltas),
+        )
+    })
+    .expect("manager")
+}
+
 fn backups(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,16 +94,7 @@ fn backups(c: &mut Criterion) {
     }
 
     let dir = tmp.path().join("delta");
-    let m = rt
-        .block_on(async {
-            BackupManager::start(
-                &db,
-                BackupConfig::new(&dir)
-                    .incremental(true)
-                    .max_deltas_before_full(u32::MAX),
-            )
-        })
-        .expect("manager");
+    let m = incremental_manager(&rt, &db, &dir, u32::MAX);
     rt.block_on(m.backup_full()).expect("base");
     // Each iteration adds 1% of changes (the table grows by 0.1% of N per
     // iteration; the delta's cost follows the changes, not the table size).
@@ -107,16 +117,7 @@ fn backups(c: &mut Criterion) {
     let (db, users) = prefill();
     let mut next = N;
     let dir = tmp.path().join("restore");
-    let m = rt
-        .block_on(async {
-            BackupManager::start(
-                &db,
-                BackupConfig::new(&dir)
-                    .incremental(true)
-                    .max_deltas_before_full(100),
-            )
-        })
-        .expect("manager");
+    let m = incremental_manager(&rt, &db, &dir, 100);
     rt.block_on(m.backup_full()).expect("base");
     for r in 0..10 {
         one_percent(&users, 1000 + r, &mut next);

@@ -157,6 +157,18 @@ impl Changes {
     }
 }
 
+/// An incremental manager that writes deltas only when asked (its periodic
+/// backups never come during a run).
+fn incremental_manager(db: &DictDB, dir: &Path) -> BackupManager {
+    BackupManager::start(
+        db,
+        BackupConfig::new(dir)
+            .incremental(true)
+            .max_deltas_before_full(1000),
+    )
+    .expect("backup manager")
+}
+
 /// The limit: the same records as `Vec<Value>`, written with a 1 MiB
 /// BufWriter, fsync, rename, fsync of the directory.
 fn limit_write(values: &[Value], dir: &Path, msgpack: bool) -> f64 {
@@ -316,13 +328,7 @@ async fn main() {
     // --- deltas after 1% changes -------------------------------------------
     {
         let dir = fresh_dir(&args.dir, "delta");
-        let m = BackupManager::start(
-            &db,
-            BackupConfig::new(&dir)
-                .incremental(true)
-                .max_deltas_before_full(1000),
-        )
-        .unwrap();
+        let m = incremental_manager(&db, &dir);
         let full = m.backup_full().await.unwrap();
         std::fs::remove_file(dir.join(&full.file)).unwrap();
         let (mut times, mut bytes) = (Vec::new(), 0);
@@ -341,13 +347,7 @@ async fn main() {
     // --- restore: JSON full backup plus 10 deltas of 1% ---------------------
     {
         let dir = fresh_dir(&args.dir, "restore");
-        let m = BackupManager::start(
-            &db,
-            BackupConfig::new(&dir)
-                .incremental(true)
-                .max_deltas_before_full(1000),
-        )
-        .unwrap();
+        let m = incremental_manager(&db, &dir);
         let full = m.backup_full().await.unwrap();
         for round in 0..10 {
             changes.apply(&users, 100 + round);
