@@ -84,20 +84,19 @@ mod error;
 mod format;
 mod key;
 mod naming;
-mod persist;
 mod record;
 pub mod restore;
 pub mod store;
 
 pub use backup::{BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome};
 pub use db::{
-    Change, DictDB, Mutation, Snapshot, Table, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
+    apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,
+    TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
 pub use error::{Error, Result};
 pub use format::{FileFormat, Integrity};
 pub use key::Key;
 pub use naming::{BackupKind, BackupName, NameFormat};
-pub use persist::{apply_delta, SaveInfo};
 pub use record::Record;
 pub use restore::{restore_dir, verify_dir, Restored};
 pub use store::{BackupStore, LocalStore};

@@ -7,11 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::format::FileFormat;
 
-/// Full backup or delta.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Full backup or delta: the one spelling of a file's kind, in names,
+/// documents and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum BackupKind {
     /// A full backup: every table and record.
+    #[default]
     Full,
     /// A delta: the changes since the previous backup.
     Delta,

@@ -538,8 +538,12 @@ impl BackupStore for Holding {
         }))
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<u8>> {
-        self.0.inner.read(name).await
+    async fn open(&self, name: &str) -> Result<dictdb::store::FileReader> {
+        self.0.inner.open(name).await
+    }
+
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.0.inner.read_range(name, range).await
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

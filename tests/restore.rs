@@ -17,6 +17,12 @@ use serde_json::{json, Value};
 
 type State = BTreeMap<String, BTreeMap<String, Value>>;
 
+/// The time in a backup file's name.
+fn name_time(file: &str) -> std::time::SystemTime {
+    let n = BackupName::parse(file).unwrap();
+    std::time::UNIX_EPOCH + std::time::Duration::new(n.secs, n.micros * 1000)
+}
+
 /// A chain of one full backup and three deltas; the state after each file.
 async fn chain(dir: &Path) -> (DictDB, Vec<String>, Vec<State>, Vec<u64>) {
     let db = DictDB::new();
@@ -74,7 +80,7 @@ async fn whole_chain_restores_and_verifies() {
 async fn point_in_time_and_sequence_limits() {
     let tmp = tempfile::tempdir().unwrap();
     let (_db, files, states, seqs) = chain(tmp.path()).await;
-    let t1 = BackupName::parse(&files[1]).unwrap().timestamp();
+    let t1 = name_time(&files[1]);
     let r = Restore::from_dir(tmp.path())
         .unwrap()
         .until_time(t1)
@@ -99,7 +105,7 @@ async fn point_in_time_and_sequence_limits() {
         .await
         .unwrap();
     assert_eq!(r.seq, Some(seqs[2]));
-    let before_all = BackupName::parse(&files[0]).unwrap().timestamp() - 1.0;
+    let before_all = name_time(&files[0]) - std::time::Duration::from_secs(1);
     let err = Restore::from_dir(tmp.path())
         .unwrap()
         .until_time(before_all)
@@ -115,14 +121,14 @@ async fn dry_run_returns_the_plan_without_loading() {
     let (_db, files, _, seqs) = chain(tmp.path()).await;
     let plan = Restore::from_dir(tmp.path()).unwrap().plan().await.unwrap();
     assert_eq!(
-        plan.applied
+        plan.files
             .iter()
             .map(|f| f.name.clone())
             .collect::<Vec<_>>(),
         files
     );
-    assert_eq!(plan.applied[1].seq, Some((seqs[0], seqs[1])));
-    assert!(plan.db.table_names().is_empty(), "a dry run loads nothing");
+    assert_eq!(plan.files[1].seq, Some((seqs[0], seqs[1])));
+    assert_eq!(plan.seq, Some(seqs[3]));
 }
 
 #[tokio::test]
@@ -203,8 +209,11 @@ async fn duplicated_delta_is_an_error() {
         tmp.path().join(later.to_string()),
     )
     .unwrap();
+    // The copy names the file it was written as: caught before its sequence
+    // range even comes into question.
     let err = restore_dir(tmp.path()).await.unwrap_err();
-    assert!(err.to_string().contains("duplicated"), "{err}");
+    assert!(err.to_string().contains("renamed or copied"), "{err}");
+    assert!(err.to_string().contains(&later.to_string()), "{err}");
 }
 
 #[tokio::test]

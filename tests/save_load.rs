@@ -195,8 +195,11 @@ fn round_trip_keeps_every_value_exactly() {
             Some(json!({"event_id": "q\"uote\\ 🎉", "type": "odd key"}))
         );
 
-        // Saving what was loaded gives the same bytes.
-        let again = tmp.path().join(format!("again.{}", format.extension()));
+        // Saving what was loaded gives the same bytes (under the same name:
+        // a file records the name it was written as).
+        let again_dir = tmp.path().join(format!("again-{}", format.extension()));
+        std::fs::create_dir(&again_dir).unwrap();
+        let again = again_dir.join(path.file_name().unwrap());
         loaded.save(&again, format).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -229,8 +232,10 @@ async fn async_save_and_load_round_trip() {
         let loaded = DictDB::load_async(&path, format).await.unwrap();
         assert_same(&db, &loaded);
         check_tricky_values(&loaded);
-        // Sync and async forms write the same bytes.
-        let sync_path = tmp.path().join(format!("sync.{}", format.extension()));
+        // Sync and async forms write the same bytes (under the same name).
+        let sync_dir = tmp.path().join(format!("sync-{}", format.extension()));
+        std::fs::create_dir(&sync_dir).unwrap();
+        let sync_path = sync_dir.join(path.file_name().unwrap());
         db.save(&sync_path, format).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -797,7 +802,7 @@ fn a_changed_byte_is_a_checksum_mismatch() {
 }
 
 #[test]
-fn a_file_without_checksum_loads() {
+fn a_file_of_ours_without_its_checksum_is_refused_but_a_foreign_one_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let db = small_db();
 
@@ -806,18 +811,33 @@ fn a_file_without_checksum_loads() {
     let text = std::fs::read_to_string(&path).unwrap();
     let at = text.find(",\"checksum\":\"").unwrap();
     let stripped = format!("{}}}", &text[..at]);
-    let doc: Value = serde_json::from_str(&stripped).unwrap();
+    let mut doc: Value = serde_json::from_str(&stripped).unwrap();
     assert!(doc.get("checksum").is_none());
+    // A dictdb section without its checksum: damage, never taken for a file
+    // of the Python original.
     let path = write(tmp.path(), "nosum.json", stripped.as_bytes());
-    assert_same(&db, &DictDB::load(&path, FileFormat::Json).unwrap());
-    // Reformatted (pretty-printed, keys reordered): still loads.
-    let pretty = serde_json::to_string_pretty(&doc).unwrap();
+    let err = DictDB::load(&path, FileFormat::Json).unwrap_err();
+    assert!(err.to_string().contains("no checksum"), "{err}");
+    // Reformatted (pretty-printed, keys reordered): the checksum no longer
+    // vouches for the bytes, so it is refused too.
+    let mut with_sum: Value = serde_json::from_str(&text).unwrap();
+    let pretty = serde_json::to_string_pretty(&with_sum).unwrap();
     let path = write(tmp.path(), "pretty.json", pretty.as_bytes());
-    assert_eq!(
-        common::dump(&DictDB::load(&path, FileFormat::Json).unwrap()),
-        common::dump(&db)
-    );
+    assert!(DictDB::load(&path, FileFormat::Json).is_err());
+    // Without both keys it is a plain document, as the original writes.
+    doc.as_object_mut().unwrap().remove("dictdb");
+    with_sum.as_object_mut().unwrap().remove("dictdb");
+    with_sum.as_object_mut().unwrap().remove("checksum");
+    for (name, v) in [("plain.json", &doc), ("plain-pretty.json", &with_sum)] {
+        let text = serde_json::to_string_pretty(v).unwrap();
+        let path = write(tmp.path(), name, text.as_bytes());
+        assert_eq!(
+            common::dump(&DictDB::load(&path, FileFormat::Json).unwrap()),
+            common::dump(&db)
+        );
+    }
 
+    // The same in MessagePack.
     let path = tmp.path().join("db.msgpack");
     db.save(&path, FileFormat::MessagePack).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -826,7 +846,8 @@ fn a_file_without_checksum_loads() {
     assert_eq!(stripped[0], 0x83, "top-level map of three entries");
     stripped[0] = 0x82;
     let path = write(tmp.path(), "nosum.msgpack", &stripped);
-    assert_same(&db, &DictDB::load(&path, FileFormat::MessagePack).unwrap());
+    let err = DictDB::load(&path, FileFormat::MessagePack).unwrap_err();
+    assert!(err.to_string().contains("no checksum"), "{err}");
 }
 
 // ---------------------------------------------------------------------------

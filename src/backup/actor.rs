@@ -16,9 +16,8 @@ use super::pending::Pending;
 use super::{retention, BackupEvent, BackupInfo, BackupOutcome, Command, Request, Shared};
 use crate::db::{DictDB, Mutation, Snapshot};
 use crate::error::{Error, Result};
-use crate::format::{write_delta, ChunkWriter, FileFormat, Meta, META_VERSION};
+use crate::format::{self, Doc, FileFormat, Link};
 use crate::naming::{BackupKind, BackupName, Namer};
-use crate::persist::{next_keys, serialize_full};
 use crate::store::BackupStore;
 
 /// Events drained per turn at most, so commands and timers are never starved
@@ -530,32 +529,35 @@ async fn write_job(
             pacer.pause_if_writers_active();
             Ok(())
         };
-        match job.kind {
-            BackupKind::Full => {
-                let records = job.snapshot.record_count() as u64;
-                let (bytes, sum) = serialize_full(&job.snapshot, job.format, &mut emit)?;
-                Ok((records, bytes, sum))
-            }
+        let written = match job.kind {
+            BackupKind::Full => format::encode(
+                job.format,
+                &Doc::Full {
+                    snapshot: &job.snapshot,
+                    name: Some(&target),
+                },
+                &mut emit,
+            )?,
             BackupKind::Delta => {
-                let delta = job.window.to_delta();
-                let meta = Meta {
-                    version: META_VERSION,
-                    kind: "delta".into(),
+                let changes = job.window.to_changes(&job.snapshot);
+                let link = Link {
+                    from_seq: job.window.base_seq,
                     seq: job.snapshot.seq(),
-                    from_seq: Some(job.window.base_seq),
-                    base: job.base.clone(),
-                    next_keys: next_keys(&job.snapshot),
-                    dropped: delta.dropped.clone(),
-                    created: delta.created.clone(),
-                    count: delta.changes,
+                    base: job.base.clone().unwrap_or_default(),
+                    timestamp: BackupName::parse(&target).map_or(0.0, |n| n.timestamp()),
                 };
-                let stamp = BackupName::parse(&target).map_or(0.0, |n| n.timestamp());
-                let mut w = ChunkWriter::new(&mut emit);
-                write_delta(&mut w, job.format, stamp, &meta, &delta.tables)?;
-                let (bytes, sum) = w.finish(job.format)?;
-                Ok((delta.changes, bytes, sum))
+                format::encode(
+                    job.format,
+                    &Doc::Delta {
+                        changes: &changes,
+                        link: &link,
+                        name: &target,
+                    },
+                    &mut emit,
+                )?
             }
-        }
+        };
+        Ok((written.records, written.bytes, written.checksum))
     });
     let mut writer = match store.create(&name).await {
         Ok(w) => w,

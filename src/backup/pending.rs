@@ -3,8 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::db::{Change, Mutation};
-use crate::format::DeltaTable;
+use crate::db::{Change, ChangeSet, Mutation, Snapshot, TableChanges};
 use crate::key::Key;
 use crate::record::Record;
 
@@ -34,15 +33,6 @@ pub(crate) struct Pending {
     /// Number of events folded.
     pub(crate) events: u64,
     tables: BTreeMap<Arc<str>, PendingTable>,
-}
-
-/// A delta ready to be written.
-#[derive(Debug, Default)]
-pub(crate) struct DeltaContent {
-    pub(crate) tables: Vec<(Arc<str>, DeltaTable)>,
-    pub(crate) dropped: Vec<String>,
-    pub(crate) created: BTreeMap<String, String>,
-    pub(crate) changes: u64,
 }
 
 impl Pending {
@@ -123,32 +113,48 @@ impl Pending {
         }
     }
 
-    /// The delta document content, sorted for deterministic files.
-    pub(crate) fn to_delta(&self) -> DeltaContent {
-        let mut out = DeltaContent {
-            changes: self.events,
-            ..DeltaContent::default()
+    /// The change set of this window, sorted for deterministic files.
+    /// `snapshot` is the cut the window ends at: it gives each table's key
+    /// field and the auto-key counters.
+    pub(crate) fn to_changes(&self, snapshot: &Snapshot) -> ChangeSet {
+        let mut out = ChangeSet {
+            next_keys: snapshot
+                .tables()
+                .iter()
+                .map(|t| {
+                    let next = u64::try_from(t.next_id.max(0)).unwrap_or(u64::MAX);
+                    (Arc::from(t.name()), next)
+                })
+                .collect(),
+            ..ChangeSet::default()
         };
         for (name, t) in &self.tables {
             if t.dropped || t.created.is_some() {
-                out.dropped.push(name.to_string());
+                out.dropped.push(Arc::clone(name));
             }
             if let Some(pk) = &t.created {
-                out.created.insert(name.to_string(), pk.to_string());
+                out.created.insert(Arc::clone(name), Arc::clone(pk));
             } else if t.dropped {
                 continue;
             }
             let mut rows: Vec<(&Key, &Option<Record>)> = t.rows.iter().collect();
             rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let mut dt = DeltaTable::default();
+            let mut tc = TableChanges {
+                name: Arc::clone(name),
+                primary_key: snapshot
+                    .table(name)
+                    .map(|s| Arc::from(s.primary_key()))
+                    .or_else(|| t.created.clone()),
+                ..TableChanges::default()
+            };
             for (k, r) in rows {
                 match r {
-                    Some(rec) => dt.upserts.push(rec.clone()),
-                    None => dt.deletes.push(k.clone()),
+                    Some(rec) => tc.upserts.push(rec.clone()),
+                    None => tc.deletes.push(k.clone()),
                 }
             }
-            if !dt.upserts.is_empty() || !dt.deletes.is_empty() || t.created.is_some() {
-                out.tables.push((Arc::clone(name), dt));
+            if !tc.upserts.is_empty() || !tc.deletes.is_empty() || t.created.is_some() {
+                out.tables.push(tc);
             }
         }
         out
@@ -165,6 +171,10 @@ mod tests {
         PendingRecord::new(&json!({"id": id, "v": v}), "id")
             .unwrap()
             .finish(None)
+    }
+
+    fn empty() -> Snapshot {
+        crate::DictDB::new().snapshot()
     }
 
     fn m(seq: u64, table: &str, change: Change) -> Mutation {
@@ -205,11 +215,11 @@ mod tests {
         ));
         p.fold(m(14, "t", Change::Delete { key: Key::Int(2) }));
         assert!(p.complete);
-        let d = p.to_delta();
-        assert_eq!(d.changes, 4);
-        let (_, t) = &d.tables[0];
-        assert_eq!(t.upserts, vec![rec(1, "b")]);
-        assert_eq!(t.deletes, vec![Key::Int(2)]);
+        let d = p.to_changes(&empty());
+        assert_eq!(p.events, 4);
+        let t = &d.tables()[0];
+        assert_eq!(t.upserts(), &[rec(1, "b")]);
+        assert_eq!(t.deletes(), &[Key::Int(2)]);
     }
 
     #[test]
@@ -247,11 +257,11 @@ mod tests {
                 record: rec(5, "y"),
             },
         ));
-        let d = p.to_delta();
-        assert_eq!(d.dropped, vec!["new".to_string(), "old".to_string()]);
-        assert_eq!(d.created.get("new").map(String::as_str), Some("id"));
-        assert_eq!(d.tables.len(), 1);
-        assert_eq!(d.tables[0].1.upserts, vec![rec(5, "y")]);
+        let d = p.to_changes(&empty());
+        assert_eq!(d.dropped().collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(d.created().collect::<Vec<_>>(), [("new", "id")]);
+        assert_eq!(d.tables().len(), 1);
+        assert_eq!(d.tables()[0].upserts(), &[rec(5, "y")]);
     }
 
     #[test]
@@ -285,7 +295,7 @@ mod tests {
         a.absorb(b);
         assert!(a.complete);
         assert_eq!((a.base_seq, a.last_seq), (0, 3));
-        let d = a.to_delta();
-        assert_eq!(d.tables[0].1.upserts, vec![rec(1, "b"), rec(2, "a")]);
+        let d = a.to_changes(&empty());
+        assert_eq!(d.tables()[0].upserts(), &[rec(1, "b"), rec(2, "a")]);
     }
 }

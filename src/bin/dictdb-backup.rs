@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use dictdb::restore::{
-    inspect_file, verify_store, FileReport, PlannedFile, Restore, Restored, VerifyReport,
+    inspect_file, verify_store, ChainReport, FileReport, Plan, PlannedFile, Restore, VerifyReport,
 };
 use dictdb::{BackupKind, BackupName, BackupStore, Error, FileFormat, Integrity, LocalStore};
 use serde_json::{json, Value};
@@ -560,7 +560,7 @@ fn file_json(r: &FileReport, in_chain: Option<bool>) -> Value {
         "time": time.map(|t| t.to_string()),
         "timestamp": time.map(UtcTime::as_f64),
         "seq": seq_json(r.seq),
-        "tables": readable.then_some(r.tables),
+        "tables": readable.then_some(r.tables.len()),
         "records": (readable && r.kind == Some(BackupKind::Full)).then_some(r.records),
         "changes": (readable && r.kind == Some(BackupKind::Delta)).then_some(r.records),
         "size": r.size,
@@ -628,7 +628,9 @@ struct DirReport {
     /// The chain a restore uses, or the first broken link.
     chain: Result<Vec<PlannedFile>, Error>,
     /// When the chain is broken: what a lenient restore would use.
-    lenient: Option<Result<Restored, Error>>,
+    lenient: Option<Result<Plan, Error>>,
+    /// Every chain's result.
+    chains: Vec<ChainReport>,
     ok: bool,
 }
 
@@ -637,7 +639,17 @@ impl DirReport {
         let store = open_store(dir)?;
         let report = verify_store(Arc::clone(&store)).await?;
         let ok = report.is_ok();
-        let VerifyReport { files, chain, .. } = report;
+        let chain = match report.newest_chain() {
+            Some(c) => match &c.result {
+                Ok(_) => Restore::new(Arc::clone(&store))
+                    .plan()
+                    .await
+                    .map(|p| p.files),
+                Err(e) => Err(e.clone()),
+            },
+            None => Err(Error::NoBackup(store.location())),
+        };
+        let VerifyReport { files, chains, .. } = report;
         let lenient = match chain {
             Ok(_) => None,
             Err(_) => Some(
@@ -653,6 +665,7 @@ impl DirReport {
             files,
             chain,
             lenient,
+            chains,
             ok,
         })
     }
@@ -666,7 +679,7 @@ impl DirReport {
 
     fn lenient_names(&self) -> HashSet<&str> {
         match &self.lenient {
-            Some(Ok(r)) => r.applied.iter().map(|p| p.name.as_str()).collect(),
+            Some(Ok(r)) => r.files.iter().map(|p| p.name.as_str()).collect(),
             _ => HashSet::new(),
         }
     }
@@ -683,6 +696,13 @@ impl DirReport {
             .collect();
         if let Err(e) = &self.chain {
             out.push(("chain".into(), e.to_string()));
+        }
+        for c in &self.chains {
+            if let (Err(e), Some(base)) = (&c.result, &c.base) {
+                if !out.iter().any(|(_, m)| *m == e.to_string()) {
+                    out.push((format!("chain of {base}"), e.to_string()));
+                }
+            }
         }
         out
     }
@@ -719,7 +739,7 @@ impl DirReport {
                 time_str(f.kind.and(UtcTime::of_report(f))),
                 seq_str(f.seq),
                 if readable {
-                    f.tables.to_string()
+                    f.tables.len().to_string()
                 } else {
                     "-".into()
                 },
@@ -752,8 +772,8 @@ impl DirReport {
                     Some(Ok(r)) => writeln!(
                         out,
                         "a --lenient restore would apply the {} file{} marked ~{}",
-                        r.applied.len(),
-                        if r.applied.len() == 1 { "" } else { "s" },
+                        r.files.len(),
+                        if r.files.len() == 1 { "" } else { "s" },
                         r.stopped
                             .as_ref()
                             .map(|s| format!(" and stop at {}", s.file))
@@ -770,7 +790,7 @@ impl DirReport {
         let lenient = match &self.lenient {
             None => Value::Null,
             Some(Ok(r)) => json!({
-                "files": r.applied.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                "files": r.files.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
                 "seq": r.seq,
                 "stopped": r.stopped.as_ref().map(|s| json!({"file": s.file, "error": s.error.to_string()})),
             }),
@@ -1003,7 +1023,9 @@ async fn restore(args: RestoreArgs, json: bool) -> Result<ExitCode, CliError> {
     let format = output_format(&args);
     let mut restore = Restore::new(open_store(&args.dir)?).stop_at_last_consistent(args.lenient);
     if let Some(t) = args.until {
-        restore = restore.until_time(t.as_f64());
+        restore = restore.until_time(
+            std::time::UNIX_EPOCH + std::time::Duration::new(t.secs.max(0) as u64, t.micros * 1000),
+        );
     }
     let progress = Progress::start(format!("restoring {}", args.dir.display()));
     let result = async {
@@ -1147,7 +1169,7 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode, CliError> {
         };
         return Err(CliError::usage(format!("{}: {why}", file.display())));
     }
-    let r = inspect_file(file).await?;
+    let r = inspect_file(file, None).await?;
     let status = Status::of(&r);
     let bad = matches!(status, Status::Bad(..));
     if json {
@@ -1159,7 +1181,7 @@ async fn inspect(file: &Path, json: bool) -> Result<ExitCode, CliError> {
         writeln!(out, "time:      {}", time_str(UtcTime::of_report(&r)))?;
         writeln!(out, "sequence:  {}", seq_str(r.seq))?;
         if !bad {
-            writeln!(out, "tables:    {}", r.tables)?;
+            writeln!(out, "tables:    {}", r.tables.len())?;
             let what = if r.kind == Some(BackupKind::Delta) {
                 "changes"
             } else {

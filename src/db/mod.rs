@@ -1,5 +1,8 @@
-//! The in-memory database: tables, the mutation stream and snapshots.
+//! The in-memory database: tables, the mutation stream, snapshots, and
+//! change sets, the one way other code (restore, `apply_delta`) changes it.
 
+mod changeset;
+mod file;
 mod mutation;
 mod snapshot;
 mod table;
@@ -13,6 +16,9 @@ use imbl::OrdMap;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+pub(crate) use changeset::record_key;
+pub use changeset::{ChangeSet, TableChanges};
+pub use file::{apply_delta, SaveInfo};
 pub use mutation::{Change, Mutation};
 pub use snapshot::{Snapshot, TableSnapshot};
 pub use table::{Table, Upsert};
@@ -304,6 +310,13 @@ impl DictDB {
                 })
                 .collect(),
         }
+    }
+
+    /// Moves the sequence number to the cut a restore reached.
+    pub(crate) fn set_seq(&self, seq: u64) {
+        let mut st = self.lock();
+        st.seq = seq;
+        self.shared.activity.store(seq, Ordering::Relaxed);
     }
 
     /// Builds a database from loaded tables (no events: nobody can have

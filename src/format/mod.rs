@@ -1,47 +1,45 @@
-//! File formats: JSON (the Python original's layout) and MessagePack.
+//! The codec: bytes to and from the two neutral types, a [`Snapshot`] (full
+//! backups, saves) and a [`crate::ChangeSet`] (deltas), each with the
+//! metadata its file carries. One reader serves load, `apply_delta`,
+//! restore, verify, inspect and list, for both formats; one writer hashes as
+//! it writes.
 //!
-//! # Documents
+//! Layers, each using only the ones below it:
 //!
-//! A **full backup** (also what [`crate::DictDB::save`] writes) is
+//! - [`input`]: buffered, hashing byte input from any `io::Read` (files are
+//!   streamed, never read whole);
+//! - [`syntax`]: what a format must do (read and write tokens), with the two
+//!   implementations [`json`] and [`msgpack`];
+//! - [`meta`]: the `dictdb` section;
+//! - [`document`]: the grammar of a document, once for both formats and
+//!   both directions, and the checksum rules;
+//! - [`build`]: indexing decoded records into the neutral types.
 //!
-//! ```json
-//! {"dictdb": {...}, "tables": {"users": {"primary_key": "id", "schema": null,
-//!   "records": [{"id": 1, "name": "Alice"}]}}, "checksum": "xxh3-64:..."}
-//! ```
-//!
-//! and a **delta** is
-//!
-//! ```json
-//! {"type": "delta", "timestamp": 1795682694.732616, "dictdb": {...},
-//!  "tables": {"users": {"upserts": [...], "deletes": [2, 3]}}, "checksum": "xxh3-64:..."}
-//! ```
-//!
-//! `dictdb` carries what restore needs to check a chain (sequence numbers,
-//! the base backup, tables created and dropped, auto-key counters);
-//! `checksum` is an XXH3-64 of every byte before it. The Python original's
-//! `DictDB.load` and `apply_delta` ignore both keys, so JSON files written
-//! here load there; files written by the original (no `dictdb`, no
-//! `checksum`) load here and are reported as unverified.
-//!
-//! MessagePack files carry the same documents as maps with named fields.
+//! The document layout and its rules are in [`document`]'s documentation and
+//! in the README's "Files" section.
 
+pub(crate) mod build;
 mod checksum;
-mod meta;
-mod parse;
-mod write;
+pub(crate) mod document;
+pub(crate) mod input;
+pub(crate) mod json;
+pub(crate) mod meta;
+pub(crate) mod msgpack;
+pub(crate) mod syntax;
 
 use std::fmt;
+use std::io::Read;
 use std::str::FromStr;
 
+pub(crate) use checksum::ChunkWriter;
 pub use checksum::Integrity;
-pub(crate) use checksum::{verify_checksum, ChunkWriter};
-pub(crate) use meta::{Meta, VERSION as META_VERSION};
-pub(crate) use parse::{
-    parse_document, parse_document_with, DocKind, Document, RecordSink, SinkMsg,
-};
-pub(crate) use write::{write_delta, write_full, DeltaTable};
+pub(crate) use document::{Body, Decoded, Doc, Header, Link, Outcome, Want, Written};
 
-use crate::error::Error;
+use crate::db::Snapshot;
+use crate::error::{Error, Result};
+use input::Fault;
+use json::{JsonReader, JsonWriter};
+use msgpack::{MsgpackReader, MsgpackWriter};
 
 /// The format of a backup or save file.
 ///
@@ -110,5 +108,114 @@ impl FromStr for FileFormat {
                 hint: "use \"json\" or \"msgpack\"",
             }),
         }
+    }
+}
+
+/// Turns a reader's fault into the crate's error, naming `file`.
+fn error(fault: Fault, file: &str) -> Error {
+    match fault {
+        Fault::Io(e) => {
+            // A store's own error travels inside the io::Error unchanged.
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                if let Some(inner) = e.into_inner() {
+                    if let Ok(err) = inner.downcast::<Error>() {
+                        return *err;
+                    }
+                }
+                return Error::corrupt(file, "read error");
+            }
+            Error::io(file, e)
+        }
+        Fault::Checksum { recorded, computed } => Error::ChecksumMismatch {
+            file: file.to_string(),
+            recorded,
+            computed,
+        },
+        f @ (Fault::Bad { .. } | Fault::Eof { .. }) => Error::corrupt(file, f),
+    }
+}
+
+/// Decodes a whole file (streamed from `read`): checks its checksum and
+/// every rule of the document, and builds its body. `file` names it in
+/// errors. A large full backup is indexed on a second thread when
+/// `pipeline` is set.
+pub(crate) fn decode<R: Read>(
+    read: R,
+    format: FileFormat,
+    file: &str,
+    pipeline: bool,
+) -> Result<Decoded> {
+    let want = Want::Body { pipeline };
+    let outcome = match format {
+        FileFormat::Json => document::decode(&mut JsonReader::new(read), want),
+        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(read), want),
+    };
+    match outcome.map_err(|f| error(f, file))? {
+        Outcome::Whole(d) => Ok(d),
+        Outcome::Header(_) => Err(Error::corrupt(file, "the document ends after its header")),
+    }
+}
+
+/// Decodes a full backup (or a save) into a snapshot.
+pub(crate) fn decode_full<R: Read>(
+    read: R,
+    format: FileFormat,
+    file: &str,
+    pipeline: bool,
+) -> Result<(Header, Integrity, Snapshot)> {
+    let d = decode(read, format, file, pipeline)?;
+    match d.body {
+        Body::Full(s) => Ok((d.header, d.integrity, s)),
+        Body::Delta(_) => Err(Error::corrupt(
+            file,
+            "this is a delta, not a full backup (apply it with apply_delta)",
+        )),
+    }
+}
+
+/// Reads only the header of a file from its first bytes (`prefix`; the
+/// whole file when `complete`): `Ok(None)` when the prefix ends before the
+/// header does and more of the file exists. The checksum is not checked.
+pub(crate) fn decode_header(
+    prefix: &[u8],
+    complete: bool,
+    format: FileFormat,
+    file: &str,
+) -> Result<Option<Header>> {
+    let outcome = match format {
+        FileFormat::Json => document::decode(&mut JsonReader::new(prefix), Want::Header),
+        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(prefix), Want::Header),
+    };
+    match outcome {
+        Ok(Outcome::Header(h)) => Ok(Some(h)),
+        Ok(Outcome::Whole(d)) => Ok(Some(d.header)),
+        Err(Fault::Eof { .. }) if !complete => Ok(None),
+        Err(f) => Err(error(f, file)),
+    }
+}
+
+/// Writes `doc` in `format`, handing chunks to `emit` as they fill.
+pub(crate) fn encode(
+    format: FileFormat,
+    doc: &Doc<'_>,
+    emit: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+) -> Result<Written> {
+    let mut out = ChunkWriter::new(emit);
+    let buf = ChunkWriter::<&mut dyn FnMut(Vec<u8>) -> Result<()>>::buffer();
+    match format {
+        FileFormat::Json => document::encode(JsonWriter::new(buf), &mut out, doc),
+        FileFormat::MessagePack => document::encode(MsgpackWriter::new(buf), &mut out, doc),
+    }
+}
+
+/// The format of a file from its extension.
+pub(crate) fn format_of_path(path: &std::path::Path) -> Result<FileFormat> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match FileFormat::from_extension(ext) {
+        Some(f) => Ok(f),
+        None => Err(match ext.parse::<FileFormat>() {
+            Err(e) => Error::corrupt(path.display(), e),
+            Ok(_) => Error::corrupt(path.display(), "unknown file extension"),
+        }),
     }
 }

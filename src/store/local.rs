@@ -1,20 +1,19 @@
 //! A backup directory on the local file system.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tempfile::NamedTempFile;
 
-use super::{check_name, BackupStore, BackupWriter, StoredFile};
+use super::{check_name, BackupStore, BackupWriter, FileReader, StoredFile};
 use crate::error::{Error, Result};
 
 /// Prefix of temporary files; never one of ours or the original's names.
-const TMP_PREFIX: &str = ".dictdb-tmp-";
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+pub(crate) const TMP_PREFIX: &str = ".dictdb-tmp-";
 
 /// A directory holding backup files.
 ///
@@ -85,8 +84,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Writes a file atomically and durably: temporary name, `fsync`, no-clobber
-/// rename, directory `fsync`. Used by [`crate::DictDB::save`].
+/// Writes a file atomically and durably: temporary name, `fsync`, rename,
+/// directory `fsync`. Used by [`crate::DictDB::save`], which may replace its
+/// target.
 pub(crate) fn write_atomic<T>(
     path: &Path,
     produce: impl FnOnce(&mut dyn FnMut(Vec<u8>) -> Result<()>) -> Result<T>,
@@ -122,77 +122,61 @@ fn leftover_of_dead_process(name: &str) -> bool {
     !Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// A temporary file on its way to a final name.
+/// A temporary file on its way to a final name: a `tempfile` named
+/// `.dictdb-tmp-<pid>-<random>-<name>` in the same directory, removed when
+/// dropped uncommitted.
 struct TmpFile {
     dir: PathBuf,
-    tmp: PathBuf,
     dest: PathBuf,
-    file: Option<File>,
+    file: NamedTempFile,
 }
 
 impl TmpFile {
     fn create(dir: &Path, name: &str) -> Result<TmpFile> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
-        // Errors name the file being written, not its temporary name.
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
+            .suffix(&format!("-{name}"))
+            .tempfile_in(dir)
+            // Errors name the file being written, not its temporary name.
             .map_err(|e| Error::io(dir.join(name).display(), e))?;
         Ok(TmpFile {
             dir: dir.to_path_buf(),
-            tmp,
             dest: dir.join(name),
-            file: Some(file),
+            file,
         })
     }
 
     fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let f = self.file.as_mut().ok_or_else(|| {
-            Error::io(self.dest.display(), std::io::Error::other("already closed"))
-        })?;
-        f.write_all(chunk)
+        self.file
+            .write_all(chunk)
             .map_err(|e| Error::io(self.dest.display(), e))
     }
 
-    /// fsync, rename, fsync the directory. `replace` lets `save` overwrite
-    /// its target; backups never replace an existing file.
-    fn commit(mut self, replace: bool) -> Result<()> {
-        let Some(f) = self.file.take() else {
-            return Err(Error::io(
-                self.dest.display(),
-                std::io::Error::other("already closed"),
-            ));
-        };
-        f.sync_all().map_err(|e| Error::Sync {
-            path: self.dest.display().to_string(),
+    /// `fsync`, rename, `fsync` the directory. `replace` lets `save`
+    /// overwrite its target; backups never replace an existing file: the
+    /// rename itself refuses to (`renameat2(RENAME_NOREPLACE)` on Linux), so
+    /// no other writer can slip in between a check and the rename.
+    fn commit(self, replace: bool) -> Result<()> {
+        let TmpFile { dir, dest, file } = self;
+        file.as_file().sync_all().map_err(|e| Error::Sync {
+            path: dest.display().to_string(),
             source: e,
         })?;
-        drop(f);
-        if !replace && self.dest.exists() {
-            return Err(Error::io(
-                self.dest.display(),
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file already exists"),
-            ));
-        }
-        fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(self.dest.display(), e))?;
-        if let Err(e) = sync_dir(&self.dir) {
+        let persisted = if replace {
+            file.persist(&dest)
+        } else {
+            file.persist_noclobber(&dest)
+        };
+        // On error the temporary file comes back inside the error and is
+        // removed when it drops.
+        persisted.map_err(|e| Error::io(dest.display(), e.error))?;
+        if let Err(e) = sync_dir(&dir) {
             // The file is complete but its name may not survive a crash:
             // report the failure and leave nothing we cannot vouch for.
-            let _ = fs::remove_file(&self.dest);
+            let _ = fs::remove_file(&dest);
             return Err(e);
         }
         Ok(())
-    }
-}
-
-impl Drop for TmpFile {
-    fn drop(&mut self) {
-        // Committed files have been renamed away; anything else is removed.
-        if self.tmp.exists() {
-            let _ = fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -271,9 +255,28 @@ impl BackupStore for LocalStore {
         Ok(Box::new(LocalWriter { tmp: Some(tmp) }))
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+    async fn open(&self, name: &str) -> Result<FileReader> {
         let path = self.path(name)?;
-        blocking(move || fs::read(&path).map_err(|e| Error::io(path.display(), e))).await
+        blocking(move || {
+            let f = File::open(&path).map_err(|e| Error::io(path.display(), e))?;
+            Ok(Box::new(f) as FileReader)
+        })
+        .await
+    }
+
+    async fn read_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let path = self.path(name)?;
+        blocking(move || {
+            let io = |e| Error::io(path.display(), e);
+            let mut f = File::open(&path).map_err(io)?;
+            f.seek(SeekFrom::Start(range.start)).map_err(io)?;
+            let mut out = Vec::new();
+            f.take(range.end.saturating_sub(range.start))
+                .read_to_end(&mut out)
+                .map_err(io)?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn remove_leftovers(&self) -> Result<Vec<String>> {

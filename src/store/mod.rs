@@ -11,6 +11,8 @@ pub(crate) mod local;
 mod object;
 
 use std::fmt;
+use std::io::Read;
+use std::ops::Range;
 
 use async_trait::async_trait;
 
@@ -46,8 +48,36 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
     /// the writer commits.
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>>;
 
-    /// Reads a whole file.
-    async fn read(&self, name: &str) -> Result<Vec<u8>>;
+    /// Opens a file to be read as a stream.
+    ///
+    /// The reader is a blocking [`std::io::Read`], meant for a blocking
+    /// thread (restore and verify decode on tokio's blocking pool): reading
+    /// it on an async worker thread would block that thread, and an object
+    /// store's reader panics there.
+    async fn open(&self, name: &str) -> Result<FileReader>;
+
+    /// Reads the bytes of `range` of a file (fewer when the file ends
+    /// first): what listing needs of a file is its first few kilobytes.
+    async fn read_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>>;
+
+    /// Reads a whole file into memory. Restore and verify never do (they
+    /// stream with [`open`](Self::open)); this is for small files and tests.
+    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let mut reader = self.open(name).await?;
+        let path = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            reader
+                .read_to_end(&mut out)
+                .map_err(|e| Error::io(&path, e))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Store {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?
+    }
 
     /// Deletes a file. Deleting a file that does not exist is not an error.
     async fn delete(&self, name: &str) -> Result<()>;
@@ -60,6 +90,9 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
         Ok(Vec::new())
     }
 }
+
+/// A file opened for reading by [`BackupStore::open`]: a blocking reader.
+pub type FileReader = Box<dyn Read + Send>;
 
 /// A file being written to a [`BackupStore`].
 #[async_trait]

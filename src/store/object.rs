@@ -13,7 +13,6 @@
 //! `file:///abs/dir`, `memory://`) or a plain directory path, so callers can
 //! accept either.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,18 +20,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::{Path, PathPart};
 use object_store::{
-    BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
 };
-use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::{check_name, BackupStore, BackupWriter, LocalStore, StoredFile};
+use super::{check_name, BackupStore, BackupWriter, FileReader, LocalStore, StoredFile};
 use crate::error::{Error, Result};
 
 /// The smallest part S3 accepts for every part but the last.
@@ -579,23 +578,52 @@ impl BackupStore for ObjectBackupStore {
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
         let path = self.object(name)?;
         Ok(Box::new(ObjectWriter {
-            store: self.clone(),
-            name: name.to_string(),
-            path,
-            buffer: VecDeque::new(),
-            buffered: 0,
+            target: Target {
+                store: self.clone(),
+                name: name.to_string(),
+                path,
+            },
+            small: Vec::new(),
             upload: None,
         }))
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+    async fn open(&self, name: &str) -> Result<FileReader> {
         let path = self.object(name)?;
         let got = self
             .inner
             .get(&path)
             .await
             .map_err(|e| self.error(name, &e))?;
-        let bytes = got.bytes().await.map_err(|e| self.error(name, &e))?;
+        let mut stream = got.into_stream();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(READ_AHEAD);
+        let store = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| store.error(&name, &e));
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Box::new(StreamReader {
+            rx,
+            current: Bytes::new(),
+        }))
+    }
+
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let path = self.object(name)?;
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .inner
+            .get_range(&path, range)
+            .await
+            .map_err(|e| self.error(name, &e))?;
         Ok(Vec::from(bytes))
     }
 
@@ -608,47 +636,52 @@ impl BackupStore for ObjectBackupStore {
     }
 }
 
-/// A multipart upload in progress, with its part uploads in flight.
-struct Upload {
-    upload: Box<dyn MultipartUpload>,
-    parts: JoinSet<object_store::Result<()>>,
+/// Chunks of an object read ahead of the reader.
+const READ_AHEAD: usize = 4;
+
+/// A blocking reader over an object's byte stream, fed by a task on the
+/// runtime. Read it on a blocking thread (it waits with `blocking_recv`).
+struct StreamReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
 }
 
-impl Upload {
-    /// Waits for one part upload to end.
-    async fn join_one(&mut self) -> object_store::Result<()> {
-        match self.parts.join_next().await {
-            None => Ok(()),
-            Some(Ok(r)) => r,
-            Some(Err(e)) => Err(object_store::Error::Generic {
-                store: "dictdb",
-                source: format!("a part upload task failed: {e}").into(),
-            }),
+impl std::io::Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                // The store's error travels inside the io::Error; the codec
+                // takes it out again.
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
         }
-    }
-
-    /// Stops the part uploads and aborts the upload (its parts are deleted).
-    async fn abort(mut self, name: &str) {
-        self.parts.shutdown().await;
-        if let Err(e) = self.upload.abort().await {
-            warn!(file = %name, cause = %chain(&e), "could not abort a multipart upload");
-        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
 /// A file on its way to object storage.
 struct ObjectWriter {
+    target: Target,
+    /// Bytes written while the file still fits one part.
+    small: Vec<u8>,
+    /// The multipart upload (object_store's writer: parts of `part_size`,
+    /// uploaded as they fill), once the file has outgrown one part.
+    upload: Option<WriteMultipart>,
+}
+
+/// Where a file goes. Kept apart from the upload in progress (which is not
+/// `Sync`) so the requests below can be awaited from `Send` futures.
+struct Target {
     store: ObjectBackupStore,
     name: String,
     path: Path,
-    /// Bytes not yet handed to a part upload: less than a part between writes.
-    buffer: VecDeque<Bytes>,
-    buffered: usize,
-    /// The multipart upload, once the file has outgrown one part.
-    upload: Option<Upload>,
 }
 
-impl ObjectWriter {
+impl Target {
     fn error(&self, e: &object_store::Error) -> Error {
         self.store.error(&self.name, e)
     }
@@ -660,138 +693,78 @@ impl ObjectWriter {
         }
     }
 
-    /// The first `n` buffered bytes, as a payload (no copy).
-    fn take(&mut self, n: usize) -> PutPayload {
-        let mut out = Vec::new();
-        let mut need = n;
-        while need > 0 {
-            let Some(front) = self.buffer.front_mut() else {
-                break;
-            };
-            if front.len() <= need {
-                need -= front.len();
-                out.extend(self.buffer.pop_front());
-            } else {
-                out.push(front.split_to(need));
-                need = 0;
-            }
-        }
-        self.buffered -= n - need;
-        out.into_iter().collect()
-    }
-
-    /// Uploads one part, starting the multipart upload first if needed;
-    /// waits while `max_concurrency` parts are in flight.
-    async fn send_part(&mut self, part: PutPayload) -> Result<()> {
-        if self.upload.is_none() {
-            let upload = self
-                .store
-                .inner
-                .put_multipart(&self.path)
-                .await
-                .map_err(|e| self.error(&e))?;
-            self.upload = Some(Upload {
-                upload,
-                parts: JoinSet::new(),
-            });
-        }
-        let max = self.store.max_concurrency;
-        let Some(up) = self.upload.as_mut() else {
-            return Ok(());
-        };
-        while up.parts.len() >= max {
-            if let Err(e) = up.join_one().await {
-                return Err(self.error(&e));
-            }
-        }
-        let fut = up.upload.put_part(part);
-        up.parts.spawn(fut);
-        Ok(())
-    }
-
-    /// Uploads the last part, waits for every part, checks that the final
-    /// name is free, and completes the upload.
-    async fn complete(&mut self) -> Result<()> {
-        if self.buffered > 0 {
-            let last = self.take(self.buffered);
-            self.send_part(last).await?;
-        }
-        let Some(mut up) = self.upload.take() else {
-            return Ok(());
-        };
-        while !up.parts.is_empty() {
-            if let Err(e) = up.join_one().await {
-                let err = self.error(&e);
-                up.abort(&self.name).await;
-                return Err(err);
-            }
-        }
+    /// Checks that no object has the final name (multipart uploads cannot be
+    /// conditional).
+    async fn name_is_free(&self) -> Result<()> {
         match self.store.inner.head(&self.path).await {
-            Err(object_store::Error::NotFound { .. }) => {}
-            Ok(_) => {
-                up.abort(&self.name).await;
-                return Err(self.already_exists());
-            }
-            Err(e) => {
-                let err = self.error(&e);
-                up.abort(&self.name).await;
-                return Err(err);
-            }
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(_) => Err(self.already_exists()),
+            Err(e) => Err(self.error(&e)),
         }
-        match up.upload.complete().await {
+    }
+
+    /// Deletes the final name after a write whose outcome is unknown.
+    async fn remove_after_failure(&self, e: &object_store::Error) {
+        if outcome_unknown(e) {
+            remove_after_failure(&self.store, &self.path, &self.name).await;
+        }
+    }
+
+    /// Uploads what is left, checks the final name is free and completes
+    /// the upload.
+    async fn complete(&self, mut up: WriteMultipart) -> Result<()> {
+        // Every full part uploaded first, so the check below comes as late
+        // as it can: only the last part is still to go after it.
+        if let Err(e) = up.wait_for_capacity(0).await {
+            abort_upload(up, &self.name).await;
+            return Err(self.error(&e));
+        }
+        if let Err(e) = self.name_is_free().await {
+            abort_upload(up, &self.name).await;
+            return Err(e);
+        }
+        match up.finish().await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = self.error(&e);
-                // The completion may have taken effect although its answer
-                // was lost: leave nothing under the final name if we can.
-                if outcome_unknown(&e) {
-                    remove_after_failure(&self.store, &self.path, &self.name).await;
-                }
-                up.abort(&self.name).await;
-                Err(err)
+                // `finish` aborts the upload on error; the completion may
+                // still have taken effect if its answer was lost.
+                self.remove_after_failure(&e).await;
+                Err(self.error(&e))
             }
         }
     }
 
     /// Writes a file of less than one part with one conditional `PUT`.
-    async fn put_small(&mut self) -> Result<()> {
-        let payload = self.take(self.buffered);
+    async fn put_small(&self, bytes: Vec<u8>) -> Result<()> {
+        let payload = PutPayload::from(bytes);
         let create = PutOptions::from(PutMode::Create);
-        match self
+        let first = self
             .store
             .inner
             .put_opts(&self.path, payload.clone(), create)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(self.already_exists()),
+            .await;
+        let e = match first {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => return Err(self.already_exists()),
             // Conditional put turned off (`AWS_CONDITIONAL_PUT=disabled`):
             // check, then write, as for a multipart upload.
             Err(object_store::Error::NotImplemented { .. }) => {
-                match self.store.inner.head(&self.path).await {
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Ok(_) => return Err(self.already_exists()),
-                    Err(e) => return Err(self.error(&e)),
-                }
+                self.name_is_free().await?;
                 match self.store.inner.put(&self.path, payload).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        let err = self.error(&e);
-                        if outcome_unknown(&e) {
-                            remove_after_failure(&self.store, &self.path, &self.name).await;
-                        }
-                        Err(err)
-                    }
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
                 }
             }
-            Err(e) => {
-                let err = self.error(&e);
-                if outcome_unknown(&e) {
-                    remove_after_failure(&self.store, &self.path, &self.name).await;
-                }
-                Err(err)
-            }
-        }
+            Err(e) => e,
+        };
+        self.remove_after_failure(&e).await;
+        Err(self.error(&e))
+    }
+}
+
+async fn abort_upload(up: WriteMultipart, name: &str) {
+    if let Err(e) = up.abort().await {
+        warn!(file = %name, cause = %chain(&e), "could not abort a multipart upload");
     }
 }
 
@@ -822,29 +795,50 @@ impl BackupWriter for ObjectWriter {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.buffered += chunk.len();
-        self.buffer.push_back(Bytes::from(chunk));
-        let part_size = self.store.part_size;
-        while self.buffered >= part_size {
-            let part = self.take(part_size);
-            self.send_part(part).await?;
+        let part_size = self.target.store.part_size;
+        match &mut self.upload {
+            Some(up) => {
+                // Back pressure: at most `max_concurrency` parts in flight,
+                // so a writer holds a bounded number of parts in memory.
+                let max = self.target.store.max_concurrency;
+                if let Err(e) = up.wait_for_capacity(max).await {
+                    return Err(self.target.error(&e));
+                }
+                up.put(Bytes::from(chunk));
+            }
+            None => {
+                self.small.extend_from_slice(&chunk);
+                if self.small.len() >= part_size {
+                    let t = &self.target;
+                    let upload = t
+                        .store
+                        .inner
+                        .put_multipart(&t.path)
+                        .await
+                        .map_err(|e| t.error(&e))?;
+                    let mut up = WriteMultipart::new_with_chunk_size(upload, part_size);
+                    up.put(Bytes::from(std::mem::take(&mut self.small)));
+                    self.upload = Some(up);
+                }
+            }
         }
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if self.upload.is_some() {
-            self.complete().await
-        } else {
-            self.put_small().await
+        let upload = self.upload.take();
+        let small = std::mem::take(&mut self.small);
+        let target = &self.target;
+        match upload {
+            Some(up) => target.complete(up).await,
+            None => target.put_small(small).await,
         }
     }
 
     async fn abort(mut self: Box<Self>) {
-        self.buffer.clear();
-        self.buffered = 0;
+        self.small.clear();
         if let Some(up) = self.upload.take() {
-            up.abort(&self.name).await;
+            abort_upload(up, &self.target.name).await;
         }
     }
 }
@@ -855,8 +849,8 @@ impl Drop for ObjectWriter {
         // S3 keeps the parts until the upload is aborted, so abort it.
         if let Some(up) = self.upload.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let name = std::mem::take(&mut self.name);
-                runtime.spawn(async move { up.abort(&name).await });
+                let name = std::mem::take(&mut self.target.name);
+                runtime.spawn(async move { abort_upload(up, &name).await });
             }
         }
     }

@@ -1,0 +1,290 @@
+//! Building stored records: JSON values to compact MessagePack.
+//!
+//! The MessagePack primitives come from `rmp` (smallest integer encodings,
+//! as the specification asks); this file only decides what to write.
+
+use std::sync::Arc;
+
+use rmp::encode as mp;
+use serde_json::{Map, Number, Value};
+
+use super::decode::{Reader, Tok};
+use super::Record;
+use crate::key::{json_type_name, Key};
+
+// Writing to a `Vec<u8>` cannot fail: `rmp` reports the `io::Write` error
+// type of its generic writer, which a vector never produces.
+
+/// Writes an unsigned integer in its smallest encoding.
+#[inline]
+pub(crate) fn put_uint(out: &mut Vec<u8>, v: u64) {
+    let _ = mp::write_uint(out, v);
+}
+
+/// Writes a signed integer in its smallest encoding.
+#[inline]
+pub(crate) fn put_int(out: &mut Vec<u8>, v: i64) {
+    let _ = mp::write_sint(out, v);
+}
+
+/// Writes a `float64`.
+#[inline]
+pub(crate) fn put_f64(out: &mut Vec<u8>, v: f64) {
+    let _ = mp::write_f64(out, v);
+}
+
+/// Writes a boolean.
+#[inline]
+pub(crate) fn put_bool(out: &mut Vec<u8>, v: bool) {
+    let _ = mp::write_bool(out, v);
+}
+
+/// Writes nil.
+#[inline]
+pub(crate) fn put_nil(out: &mut Vec<u8>) {
+    let _ = mp::write_nil(out);
+}
+
+/// Writes a string. Strings longer than 4 GiB cannot be encoded; no record
+/// can hold one (they are refused when read), so this never truncates.
+#[inline]
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    let _ = mp::write_str(out, s);
+}
+
+/// Writes a map header.
+#[inline]
+pub(crate) fn put_map_len(out: &mut Vec<u8>, n: usize) {
+    let _ = mp::write_map_len(out, len32(n));
+}
+
+/// Writes an array header.
+#[inline]
+pub(crate) fn put_array_len(out: &mut Vec<u8>, n: usize) {
+    let _ = mp::write_array_len(out, len32(n));
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Writes a primary key.
+pub(crate) fn put_key(out: &mut Vec<u8>, key: &Key) {
+    match key {
+        Key::Int(i) => put_int(out, *i),
+        Key::Str(s) => put_str(out, s),
+    }
+}
+
+/// The header of a map (`map`) or array of `n` items, in at most 5 bytes.
+pub(crate) fn container_header(map: bool, n: usize) -> ([u8; 5], usize) {
+    let mut h = Vec::with_capacity(5);
+    if map {
+        put_map_len(&mut h, n);
+    } else {
+        put_array_len(&mut h, n);
+    }
+    let mut out = [0u8; 5];
+    out[..h.len()].copy_from_slice(&h);
+    (out, h.len())
+}
+
+/// Encodes any JSON value.
+pub(crate) fn encode_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => put_nil(out),
+        Value::Bool(b) => put_bool(out, *b),
+        Value::Number(n) => put_number(out, n),
+        Value::String(s) => put_str(out, s),
+        Value::Array(a) => {
+            put_array_len(out, a.len());
+            for x in a {
+                encode_value(out, x);
+            }
+        }
+        Value::Object(m) => {
+            put_map_len(out, m.len());
+            for (k, x) in m {
+                put_str(out, k);
+                encode_value(out, x);
+            }
+        }
+    }
+}
+
+fn put_number(out: &mut Vec<u8>, n: &Number) {
+    if let Some(u) = n.as_u64() {
+        put_uint(out, u);
+    } else if let Some(i) = n.as_i64() {
+        put_int(out, i);
+    } else {
+        // serde_json numbers are finite; without arbitrary_precision every
+        // other number is an f64.
+        put_f64(out, n.as_f64().unwrap_or(0.0));
+    }
+}
+
+/// A record encoded outside the database lock, waiting for its key.
+///
+/// The map header is written last, right-aligned in 5 reserved bytes, so an
+/// auto-assigned key can be appended under the lock without re-encoding.
+#[derive(Debug)]
+pub(crate) struct PendingRecord {
+    buf: Vec<u8>,
+    entries: usize,
+    /// The key found in the record, if it had one.
+    pub(crate) key: Option<Key>,
+}
+
+const HEADER_ROOM: usize = 5;
+
+impl PendingRecord {
+    /// Encodes `value`, which must be an object; reads its key field `pk`.
+    pub(crate) fn new(value: &Value, pk: &str) -> crate::Result<PendingRecord> {
+        let map = match value {
+            Value::Object(m) => m,
+            other => return Err(crate::Error::NotAnObject(json_type_name(other))),
+        };
+        let key = match map.get(pk) {
+            Some(v) => Some(Key::from_json(v, pk)?),
+            None => None,
+        };
+        super::check_fields(map)?;
+        let mut buf = Vec::with_capacity(HEADER_ROOM + 16 * map.len() + 16);
+        buf.resize(HEADER_ROOM, 0);
+        for (k, x) in map {
+            put_str(&mut buf, k);
+            encode_value(&mut buf, x);
+        }
+        Ok(PendingRecord {
+            buf,
+            entries: map.len(),
+            key,
+        })
+    }
+
+    /// Seals the record; `auto` appends an auto-assigned integer key field.
+    pub(crate) fn finish(mut self, auto: Option<(&str, i64)>) -> Record {
+        if let Some((pk, id)) = auto {
+            put_str(&mut self.buf, pk);
+            put_int(&mut self.buf, id);
+            self.entries += 1;
+        }
+        let (h, len) = container_header(true, self.entries);
+        let start = HEADER_ROOM - len;
+        self.buf[start..HEADER_ROOM].copy_from_slice(&h[..len]);
+        Record(Arc::from(&self.buf[start..]))
+    }
+}
+
+/// Merges `patch` into `old`: fields present in both take the patch's value in
+/// place, new fields are appended in the patch's order.
+pub(crate) fn merge(old: &Record, patch: &Map<String, Value>) -> Record {
+    let bytes = &old.0;
+    let mut r = Reader::new(bytes);
+    let mut out = Vec::with_capacity(bytes.len() + 32 * patch.len());
+    let n = match r.tok() {
+        Ok(Tok::Map(n)) => n,
+        _ => 0,
+    };
+    // First pass: the existing fields and where their values lie.
+    let mut fields: Vec<(&str, usize, usize)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (Ok(k), start) = (r.str(), r.pos) else {
+            break;
+        };
+        if r.skip().is_err() {
+            break;
+        }
+        fields.push((k, start, r.pos));
+    }
+    let known: std::collections::HashSet<&str> = fields.iter().map(|f| f.0).collect();
+    let added = patch.keys().filter(|k| !known.contains(k.as_str())).count();
+    put_map_len(&mut out, fields.len() + added);
+    for (k, start, end) in &fields {
+        put_str(&mut out, k);
+        match patch.get(*k) {
+            Some(v) => encode_value(&mut out, v),
+            None => out.extend_from_slice(&bytes[*start..*end]),
+        }
+    }
+    for (k, v) in patch {
+        if !known.contains(k.as_str()) {
+            put_str(&mut out, k);
+            encode_value(&mut out, v);
+        }
+    }
+    Record(Arc::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(v: Value) -> Record {
+        PendingRecord::new(&v, "id").unwrap().finish(None)
+    }
+
+    #[test]
+    fn smallest_encodings_as_the_spec_asks() {
+        let enc = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            v
+        };
+        assert_eq!(enc(&|o| put_uint(o, 5)), [0x05]);
+        assert_eq!(enc(&|o| put_uint(o, 200)), [0xcc, 200]);
+        assert_eq!(enc(&|o| put_int(o, -1)), [0xff]);
+        assert_eq!(enc(&|o| put_int(o, -33)), [0xd0, 0xdf]);
+        assert_eq!(enc(&|o| put_int(o, 70_000)), [0xce, 0, 1, 0x11, 0x70]);
+        assert_eq!(enc(&|o| put_str(o, "ab")), [0xa2, b'a', b'b']);
+        assert_eq!(container_header(true, 3), ([0x83, 0, 0, 0, 0], 1));
+        assert_eq!(container_header(false, 16), ([0xdc, 0, 16, 0, 0], 3));
+        assert_eq!(container_header(true, 70_000).1, 5);
+    }
+
+    #[test]
+    fn auto_key_is_appended_last() {
+        let p = PendingRecord::new(&json!({"name": "a"}), "id").unwrap();
+        assert!(p.key.is_none());
+        let r = p.finish(Some(("id", 42)));
+        assert_eq!(r.to_json_string(), r#"{"name":"a","id":42}"#);
+        // Crossing the fixmap limit while appending.
+        let fields: Map<String, Value> = (0..15).map(|i| (format!("f{i}"), json!(i))).collect();
+        let r = PendingRecord::new(&Value::Object(fields), "id")
+            .unwrap()
+            .finish(Some(("id", 1)));
+        assert_eq!(r.get("id"), Some(json!(1)));
+        assert_eq!(r.to_value().as_object().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn merge_replaces_in_place_and_appends() {
+        // Built from text: `json!` sorts fields, text keeps their order.
+        let mut bytes = Vec::new();
+        let mut reader = crate::format::json::JsonReader::new(&br#"{"id": 1, "a": 1, "b": 2}"#[..]);
+        crate::format::syntax::DocReader::record(&mut reader, &mut bytes).unwrap();
+        let r = Record::from_validated(&bytes);
+        let m = merge(&r, json!({"b": "x", "c": [1]}).as_object().unwrap());
+        assert_eq!(m.to_json_string(), r#"{"id":1,"a":1,"b":"x","c":[1]}"#);
+    }
+
+    #[test]
+    fn roundtrip_keeps_every_value_exactly() {
+        let v = json!({
+            "id": 1, "neg": -1, "small": -33, "big": 9007199254740993u64,
+            "min": i64::MIN, "max": i64::MAX, "umax": u64::MAX,
+            "f": 1.0, "z": -0.0, "tiny": 1e-300, "huge": 1.7976931348623157e308,
+            "s": "Zürich 東京 🎉", "esc": "a\"b\\c\nd\u{1}", "n": null, "t": true,
+            "arr": [1, [2, [3]], {"k": []}], "o": {}
+        });
+        let r = rec(v.clone());
+        assert_eq!(r.to_value(), v);
+        // 1 and 1.0 stay different values.
+        assert_ne!(
+            rec(json!({"a": 1})).to_value(),
+            rec(json!({"a": 1.0})).to_value()
+        );
+    }
+}

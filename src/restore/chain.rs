@@ -1,0 +1,285 @@
+//! The chain rules: which files of a store form a chain, what each file must
+//! say about itself, and how each link must continue the last.
+//!
+//! These functions are the only place the rules are written: a restore
+//! applies them twice (to headers while planning, to the decoded files while
+//! applying), `verify` applies them to every chain, and `inspect` to one file.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::OnceCell;
+
+use crate::error::{Error, Result};
+use crate::format::{decode_header, FileFormat, Header, Integrity};
+use crate::naming::{BackupKind, BackupName, NameFormat};
+use crate::store::{BackupStore, StoredFile};
+
+/// First bytes read for a header; doubled until the header fits.
+const HEADER_PROBE: u64 = 4096;
+
+/// The most read for one header.
+const HEADER_MAX: u64 = 64 << 20;
+
+/// A file named like a backup.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) name: BackupName,
+    pub(crate) file: StoredFile,
+}
+
+impl Entry {
+    pub(crate) fn kind(&self) -> BackupKind {
+        self.name.kind
+    }
+
+    pub(crate) fn file_name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// The format its extension names.
+    pub(crate) fn format(&self) -> Result<FileFormat> {
+        match self.name.format {
+            NameFormat::Supported(f) => Ok(f),
+            NameFormat::Pickle => Err(Error::UnsupportedFormat {
+                name: self.file.name.clone(),
+                hint: "a pickle backup written by the Python original cannot be read here; \
+                       re-save it from Python with file_format=\"json\"",
+            }),
+        }
+    }
+}
+
+/// The backup files of a store, in write order, and the others.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    pub(crate) store: Arc<dyn BackupStore>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) foreign: Vec<StoredFile>,
+    /// The first file (in write order) that carries dictdb metadata.
+    first_ours: OnceCell<Option<BackupName>>,
+}
+
+impl Catalog {
+    /// Lists the store.
+    pub(crate) async fn load(store: Arc<dyn BackupStore>) -> Result<Catalog> {
+        let mut entries = Vec::new();
+        let mut foreign = Vec::new();
+        for file in store.list().await? {
+            match BackupName::parse(&file.name) {
+                Some(name) => entries.push(Entry { name, file }),
+                None => foreign.push(file),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        foreign.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Catalog {
+            store,
+            entries,
+            foreign,
+            first_ours: OnceCell::new(),
+        })
+    }
+
+    /// Reads a file's header from its first bytes (a ranged read): kind,
+    /// timestamp and dictdb section. The checksum is not checked.
+    pub(crate) async fn header(&self, e: &Entry) -> Result<Header> {
+        let format = e.format()?;
+        let size = e.file.size;
+        let mut len = HEADER_PROBE.min(size);
+        loop {
+            let prefix = if len == 0 {
+                Vec::new()
+            } else {
+                self.store.read_range(e.file_name(), 0..len).await?
+            };
+            let complete = (prefix.len() as u64) < len || len >= size;
+            if let Some(h) = decode_header(&prefix, complete, format, e.file_name())? {
+                return Ok(h);
+            }
+            if len >= HEADER_MAX {
+                return Err(Error::corrupt(
+                    e.file_name(),
+                    format!("no header within the first {HEADER_MAX} bytes"),
+                ));
+            }
+            len = (len * 16).min(size).min(HEADER_MAX);
+        }
+    }
+
+    /// The first file of ours, in write order (headers are read in order
+    /// until one carries dictdb metadata; unreadable ones are passed over).
+    async fn first_ours(&self) -> Option<&BackupName> {
+        self.first_ours
+            .get_or_init(|| async {
+                for e in &self.entries {
+                    if let Ok(h) = self.header(e).await {
+                        if h.meta.is_some() {
+                            return Some(e.name.clone());
+                        }
+                    }
+                }
+                None
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Whether an unverified file (no checksum, no dictdb section) may be
+    /// trusted as one of the Python original's: only when no file of ours
+    /// comes before it in the store, or when the caller said so. A file of
+    /// ours damaged in a single byte never looks unverified (see the codec);
+    /// this guards against worse damage in a store this library writes to.
+    pub(crate) async fn unverified_allowed(&self, e: &Entry, allow: bool) -> Result<()> {
+        if allow {
+            return Ok(());
+        }
+        match self.first_ours().await {
+            Some(first) if *first <= e.name => Err(Error::corrupt(
+                e.file_name(),
+                format!(
+                    "carries no checksum, but {first} and later files of this store were \
+                     written by dictdb: a damaged file cannot be told from one written by the \
+                     Python original (allow unverified files to accept it)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Indices of the full backups, oldest first.
+    pub(crate) fn fulls(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        (0..self.entries.len()).filter(|&i| self.entries[i].kind() == BackupKind::Full)
+    }
+
+    /// The deltas of the chain that starts at the full backup `base`: every
+    /// delta after it, up to the next full backup.
+    pub(crate) fn chain_deltas(&self, base: usize) -> std::ops::Range<usize> {
+        let end = (base + 1..self.entries.len())
+            .find(|&i| self.entries[i].kind() == BackupKind::Full)
+            .unwrap_or(self.entries.len());
+        base + 1..end
+    }
+
+    /// Deltas before the first full backup: they belong to no chain.
+    pub(crate) fn orphans(&self) -> std::ops::Range<usize> {
+        let end = self.fulls().next().unwrap_or(self.entries.len());
+        0..end
+    }
+}
+
+/// A file's content must name it: version 2 files carry the name they were
+/// written under, so a copy or rename is never taken for what its name says.
+pub(crate) fn check_identity(e: &Entry, header: &Header) -> Result<()> {
+    if header.kind != e.kind() {
+        return Err(Error::corrupt(
+            e.file_name(),
+            format!("named as a {} but holds a {}", e.kind(), header.kind),
+        ));
+    }
+    let Some(meta) = &header.meta else {
+        return Ok(());
+    };
+    if meta.version < 2 {
+        return Ok(());
+    }
+    match &meta.name {
+        Some(n) if n == e.file_name() => Ok(()),
+        Some(n) => Err(Error::corrupt(
+            e.file_name(),
+            format!("written as {n}: a renamed or copied file is not what its name says"),
+        )),
+        None => Err(Error::corrupt(
+            e.file_name(),
+            "carries no name: it cannot be told from a renamed or copied file",
+        )),
+    }
+}
+
+/// Where a chain stands: the base it started from and the cut reached.
+#[derive(Clone, Debug)]
+pub(crate) struct Cursor {
+    /// File name of the full backup the chain starts from.
+    pub(crate) base: String,
+    /// Whether that backup records sequence numbers (written by dictdb).
+    pub(crate) has_seq: bool,
+    /// The cut reached so far.
+    pub(crate) seq: Option<u64>,
+    /// Whether every file so far carried a matching checksum.
+    pub(crate) verified: bool,
+}
+
+impl Cursor {
+    pub(crate) fn start(base: &Entry, header: &Header) -> Cursor {
+        Cursor {
+            base: base.file_name().to_string(),
+            has_seq: header.meta.is_some(),
+            seq: header.meta.as_ref().map(|m| m.seq),
+            verified: true,
+        }
+    }
+
+    /// Checks that the delta `e` continues the chain.
+    pub(crate) fn check_link(&self, e: &Entry, header: &Header) -> Result<()> {
+        let name = e.file_name();
+        match (&header.meta, self.has_seq) {
+            (Some(m), true) => {
+                if m.base.as_deref() != Some(self.base.as_str()) {
+                    return Err(Error::chain(
+                        name,
+                        format!(
+                            "builds on {} but the chain starts at {} (a full backup is missing, \
+                             or the file belongs to another chain)",
+                            m.base.as_deref().unwrap_or("nothing"),
+                            self.base
+                        ),
+                    ));
+                }
+                let current = self.seq.unwrap_or(0);
+                let from = m.from_seq.unwrap_or(0);
+                if from > current {
+                    return Err(Error::chain(
+                        name,
+                        format!(
+                            "starts after sequence {from} but the chain is at {current}: \
+                             a delta is missing (changes {}..={from} are lost)",
+                            current + 1
+                        ),
+                    ));
+                }
+                if from < current {
+                    return Err(Error::chain(
+                        name,
+                        format!(
+                            "starts after sequence {from} but the chain is already at {current}: \
+                             duplicated or overlapping delta"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            (Some(_), false) => Err(Error::chain(
+                name,
+                "a dictdb delta after a full backup without sequence numbers: the chain is mixed",
+            )),
+            (None, true) => Err(Error::chain(
+                name,
+                "a delta without sequence numbers in a dictdb chain: the chain is mixed",
+            )),
+            (None, false) => Ok(()),
+        }
+    }
+
+    /// Moves past a delta that was checked and applied.
+    pub(crate) fn advance(&mut self, header: &Header, integrity: &Integrity) {
+        if let Some(m) = &header.meta {
+            self.seq = Some(m.seq);
+        }
+        self.verified &= integrity.is_verified();
+    }
+}
+
+/// A name's time as a `SystemTime`.
+pub(crate) fn name_time(n: &BackupName) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::new(n.secs, n.micros.saturating_mul(1000))
+}

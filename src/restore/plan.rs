@@ -1,0 +1,213 @@
+//! Choosing what to restore, from the files' headers.
+
+use std::time::SystemTime;
+
+use super::chain::{check_identity, name_time, Catalog, Cursor, Entry};
+use super::{Plan, PlannedFile, Restore, Stopped};
+use crate::error::{Error, Result};
+use crate::format::Header;
+
+/// The chain a restore uses: its base, the deltas to apply, and where a
+/// lenient restore stops.
+#[derive(Debug)]
+pub(crate) struct Chosen {
+    /// Index of the full backup in the catalog.
+    pub(crate) base: usize,
+    pub(crate) base_header: Header,
+    /// Index and header of each delta to apply, in order.
+    pub(crate) deltas: Vec<(usize, Header)>,
+    pub(crate) stopped: Option<Stopped>,
+}
+
+pub(crate) fn planned(e: &Entry, h: &Header) -> PlannedFile {
+    PlannedFile {
+        name: e.file_name().to_string(),
+        kind: e.kind(),
+        timestamp: e.name.timestamp(),
+        seq: h.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq)),
+        size: e.file.size,
+    }
+}
+
+impl Chosen {
+    pub(crate) fn into_plan(self, catalog: &Catalog, skipped: Vec<Stopped>) -> Plan {
+        let mut files = vec![planned(&catalog.entries[self.base], &self.base_header)];
+        files.extend(
+            self.deltas
+                .iter()
+                .map(|(i, h)| planned(&catalog.entries[*i], h)),
+        );
+        let seq = self
+            .deltas
+            .last()
+            .map_or(&self.base_header, |(_, h)| h)
+            .meta
+            .as_ref()
+            .map(|m| m.seq);
+        Plan {
+            files,
+            seq,
+            skipped,
+            stopped: self.stopped,
+        }
+    }
+}
+
+/// Reads a header and checks what a file must say about itself (its kind
+/// and name; for a file without checksum, whether one may be trusted here).
+pub(crate) async fn checked_header(opts: &Restore, catalog: &Catalog, e: &Entry) -> Result<Header> {
+    let h = catalog.header(e).await?;
+    check_identity(e, &h)?;
+    if h.meta.is_none() {
+        catalog.unverified_allowed(e, opts.allow_unverified).await?;
+    }
+    Ok(h)
+}
+
+fn describe(t: SystemTime) -> String {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => format!("{}.{:06}", d.as_secs(), d.subsec_micros()),
+        Err(_) => "before 1970".into(),
+    }
+}
+
+/// Picks the newest usable full backup within the limits (leaving out the
+/// `excluded` ones) and the deltas after it, checking every link from the
+/// headers. Full backups passed over in lenient mode go to `skipped`.
+pub(crate) async fn choose(
+    opts: &Restore,
+    catalog: &Catalog,
+    excluded: &[usize],
+    skipped: &mut Vec<Stopped>,
+) -> Result<Chosen> {
+    let within_time = |e: &Entry| opts.until_time.is_none_or(|t| name_time(&e.name) <= t);
+    if let (Some(t), Some(first)) = (opts.until_time, catalog.entries.first()) {
+        if !within_time(first) {
+            return Err(Error::NoBackup(format!(
+                "{}: nothing was backed up at or before {} (the first backup, {}, is later)",
+                catalog.store.location(),
+                describe(t),
+                first.file_name()
+            )));
+        }
+    }
+    let mut base = None;
+    for i in catalog.fulls().rev() {
+        let e = &catalog.entries[i];
+        if excluded.contains(&i) || !within_time(e) {
+            continue;
+        }
+        let h = match checked_header(opts, catalog, e).await {
+            Ok(h) => h,
+            Err(error) if opts.lenient => {
+                skipped.push(Stopped {
+                    file: e.file_name().to_string(),
+                    error,
+                });
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(limit) = opts.until_seq {
+            match &h.meta {
+                None => {
+                    return Err(Error::chain(
+                        e.file_name(),
+                        "written without sequence numbers (by the Python original?): \
+                         restore by time instead",
+                    ))
+                }
+                Some(m) if m.seq > limit => continue,
+                Some(_) => {}
+            }
+        }
+        base = Some((i, h));
+        break;
+    }
+    let Some((base, base_header)) = base else {
+        let only_deltas = !catalog.entries.is_empty() && catalog.fulls().next().is_none();
+        return Err(Error::NoBackup(if only_deltas {
+            format!(
+                "{} (only deltas, no full backup to apply them to)",
+                catalog.store.location()
+            )
+        } else {
+            catalog.store.location()
+        }));
+    };
+    chain_from(opts, catalog, base, base_header).await
+}
+
+/// Plans the chain of the full backup `base` as a strict restore without
+/// limits would (what verify checks of every chain).
+pub(crate) async fn choose_chain(opts: &Restore, catalog: &Catalog, base: usize) -> Result<Chosen> {
+    let h = checked_header(opts, catalog, &catalog.entries[base]).await?;
+    chain_from(opts, catalog, base, h).await
+}
+
+/// The deltas after `base` that a restore applies, every link checked.
+async fn chain_from(
+    opts: &Restore,
+    catalog: &Catalog,
+    base: usize,
+    base_header: Header,
+) -> Result<Chosen> {
+    let within_time = |e: &Entry| opts.until_time.is_none_or(|t| name_time(&e.name) <= t);
+    let mut cursor = Cursor::start(&catalog.entries[base], &base_header);
+    let mut deltas = Vec::new();
+    let mut stopped = None;
+    for j in catalog.chain_deltas(base) {
+        let e = &catalog.entries[j];
+        let beyond_time = !within_time(e);
+        let h = match checked_header(opts, catalog, e).await {
+            Ok(h) => h,
+            // A damaged file after the limit tells nothing about the files
+            // before it (verify reports it).
+            Err(_) if beyond_time => break,
+            Err(error) if opts.lenient => {
+                stopped = Some(Stopped {
+                    file: e.file_name().to_string(),
+                    error,
+                });
+                break;
+            }
+            Err(error) => return Err(error),
+        };
+        let beyond_seq = match (opts.until_seq, &h.meta) {
+            (Some(limit), Some(m)) => m.seq > limit,
+            (Some(_), None) => {
+                return Err(Error::chain(
+                    e.file_name(),
+                    "written without sequence numbers: restore by time instead",
+                ))
+            }
+            (None, _) => false,
+        };
+        // The first file beyond the limit must still continue the chain:
+        // if it does not, a file before the limit is missing.
+        let link = cursor.check_link(e, &h);
+        if let Err(error) = link {
+            if opts.lenient {
+                stopped = Some(Stopped {
+                    file: e.file_name().to_string(),
+                    error,
+                });
+                break;
+            }
+            return Err(error);
+        }
+        if beyond_time || beyond_seq {
+            break;
+        }
+        if let Some(m) = &h.meta {
+            cursor.seq = Some(m.seq);
+        }
+        deltas.push((j, h));
+    }
+    Ok(Chosen {
+        base,
+        base_header,
+        deltas,
+        stopped,
+    })
+}
