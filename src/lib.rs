@@ -55,7 +55,8 @@
 //! - [`FileFormat`]: JSON in the Python layout, or MessagePack; with
 //!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
 //! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
-//!   [`BackupEvent`]s.
+//!   [`BackupEvent`]s; [`backup::retention`]: the [`RetentionPolicy`] that
+//!   prunes old backups, and its [`RetentionPlan`].
 //! - [`store`]: the [`BackupStore`] seam, the [`LocalStore`] directory and,
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
@@ -89,7 +90,10 @@ mod record;
 pub mod restore;
 pub mod store;
 
-pub use backup::{BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome};
+pub use backup::{
+    BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome, RetentionPlan,
+    RetentionPolicy,
+};
 pub use db::{
     Change, DictDB, Mutation, Snapshot, Table, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
