@@ -55,7 +55,8 @@
 //! - [`FileFormat`]: JSON in the Python layout, or MessagePack; with
 //!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
 //! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
-//!   [`BackupEvent`]s.
+//!   [`BackupEvent`]s; [`backup::retention`]: the [`RetentionPolicy`] that
+//!   prunes old backups, and its [`RetentionPlan`].
 //! - [`store`]: the [`BackupStore`] seam, the [`LocalStore`] directory and,
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
@@ -88,7 +89,10 @@ mod record;
 pub mod restore;
 pub mod store;
 
-pub use backup::{BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome};
+pub use backup::{
+    BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome, RetentionPlan,
+    RetentionPolicy,
+};
 pub use db::{
     apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,
     TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,

@@ -378,8 +378,10 @@ impl Actor {
             .events
             .send(BackupEvent::Completed(info.clone()));
         if info.kind == BackupKind::Full {
-            if let Some(keep) = self.config.keep_full_backups {
-                retention::prune(&*self.store, keep, &self.shared.events).await;
+            if let Some(policy) = &self.config.retention {
+                // The wall clock is read here, never inside retention.
+                let now = std::time::SystemTime::now();
+                retention::prune(&*self.store, policy, now, &self.shared.events).await;
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::retention::RetentionPolicy;
 use crate::error::{Error, Result};
 use crate::format::FileFormat;
 use crate::store::{BackupStore, LocalStore};
@@ -47,7 +48,7 @@ pub struct BackupConfig {
     pub(crate) on_backup_failure: Option<FailureCallback>,
     pub(crate) incremental: bool,
     pub(crate) max_deltas_before_full: u32,
-    pub(crate) keep_full_backups: Option<usize>,
+    pub(crate) retention: Option<RetentionPolicy>,
 }
 
 impl fmt::Debug for BackupConfig {
@@ -64,7 +65,7 @@ impl fmt::Debug for BackupConfig {
             .field("on_backup_failure", &self.on_backup_failure.is_some())
             .field("incremental", &self.incremental)
             .field("max_deltas_before_full", &self.max_deltas_before_full)
-            .field("keep_full_backups", &self.keep_full_backups)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -89,7 +90,7 @@ impl BackupConfig {
             on_backup_failure: None,
             incremental: false,
             max_deltas_before_full: 10,
-            keep_full_backups: None,
+            retention: None,
         }
     }
 
@@ -144,14 +145,38 @@ impl BackupConfig {
         self
     }
 
-    /// Retention: after each successful full backup, keep only the newest `n`
-    /// full backups and the deltas that build on them; older files of ours
-    /// are deleted (files that are not ours are never touched). Default: keep
-    /// everything. Must not be zero.
+    /// Retention: after each successful full backup, delete the old backups
+    /// that `policy` does not keep (see [`RetentionPolicy`]). The newest
+    /// chain, files that are not backups and pickle files are never deleted;
+    /// a failure is reported as [`BackupEvent::PruneFailed`](crate::BackupEvent::PruneFailed),
+    /// never fatal. Default: keep everything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dictdb::{BackupConfig, RetentionPolicy};
+    ///
+    /// let config = BackupConfig::new("./backups").retention(
+    ///     RetentionPolicy::default()
+    ///         .keep_within(Duration::from_secs(2 * 86_400))
+    ///         .keep_daily(7)
+    ///         .keep_weekly(4),
+    /// );
+    /// ```
     #[must_use]
-    pub fn keep_full_backups(mut self, n: usize) -> Self {
-        self.keep_full_backups = Some(n);
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = Some(policy);
         self
+    }
+
+    /// Shorthand for `retention(RetentionPolicy::default().keep_last(n))`:
+    /// keep the newest `n` full backups and the deltas that build on them.
+    /// Zero keeps everything, as `keep_last(0)` does. Default: keep
+    /// everything.
+    #[must_use]
+    pub fn keep_full_backups(self, n: usize) -> Self {
+        self.retention(RetentionPolicy::default().keep_last(n))
     }
 
     /// Checks the options and opens the store.
@@ -164,12 +189,6 @@ impl BackupConfig {
         if self.max_deltas_before_full == 0 {
             return Err(Error::Config(
                 "max_deltas_before_full must be at least 1".into(),
-            ));
-        }
-        if self.keep_full_backups == Some(0) {
-            return Err(Error::Config(
-                "keep_full_backups must be at least 1 (a manager never deletes its newest backup)"
-                    .into(),
             ));
         }
         Ok(match &self.target {

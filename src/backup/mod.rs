@@ -12,7 +12,7 @@ mod config;
 mod debounce;
 mod event;
 mod pending;
-mod retention;
+pub mod retention;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 pub use config::{BackupConfig, FailureCallback};
 pub use event::{BackupEvent, BackupInfo, BackupOutcome};
+pub use retention::{RetentionPlan, RetentionPolicy};
 
 use crate::db::DictDB;
 use crate::error::{Error, Result};
