@@ -3,9 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
 use serde_json::Value;
 
+use super::{ChangeSet, TableChanges};
 use crate::key::Key;
 use crate::record::Record;
 
@@ -116,5 +118,88 @@ impl fmt::Debug for TableSnapshot {
             .field("primary_key", &self.primary_key)
             .field("records", &self.records.len())
             .finish()
+    }
+}
+
+impl Snapshot {
+    /// The changes that turn this snapshot into `newer`: a [`ChangeSet`]
+    /// that, applied to a database holding `self`, leaves it holding
+    /// `newer`'s records.
+    ///
+    /// Tables only in `newer` are created, tables only here are dropped, a
+    /// table whose key field changed is dropped and created again; records
+    /// added or changed are upserts, records gone are deletes, in key
+    /// order. The persistent maps are compared structurally: parts they
+    /// share (everything untouched since one was taken from the other) are
+    /// skipped, so the cost follows the changes, not the size of the tables.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dictdb::DictDB;
+    /// use serde_json::json;
+    ///
+    /// let db = DictDB::new();
+    /// let users = db.create_table("users")?;
+    /// users.insert(json!({"name": "Ada"}))?;
+    /// let before = db.snapshot();
+    /// users.insert(json!({"name": "Grace"}))?;
+    /// users.delete(1)?;
+    /// let changes = before.changes_to(&db.snapshot());
+    /// assert_eq!(changes.len(), 2); // one upsert, one delete
+    /// # Ok::<(), dictdb::Error>(())
+    /// ```
+    pub fn changes_to(&self, newer: &Snapshot) -> ChangeSet {
+        let mut out = ChangeSet {
+            next_keys: newer
+                .tables
+                .iter()
+                .map(|t| {
+                    let next = u64::try_from(t.next_id.max(0)).unwrap_or(u64::MAX);
+                    (Arc::clone(&t.name), next)
+                })
+                .collect(),
+            ..ChangeSet::default()
+        };
+        for old in &self.tables {
+            let same = newer
+                .table(&old.name)
+                .is_some_and(|n| n.primary_key == old.primary_key);
+            if !same {
+                out.dropped.push(Arc::clone(&old.name));
+            }
+        }
+        for new in &newer.tables {
+            let old = self
+                .table(&new.name)
+                .filter(|o| o.primary_key == new.primary_key);
+            let mut t = TableChanges {
+                name: Arc::clone(&new.name),
+                primary_key: Some(Arc::clone(&new.primary_key)),
+                ..TableChanges::default()
+            };
+            match old {
+                Some(old) => {
+                    for item in old.records.diff(&new.records) {
+                        match item {
+                            DiffItem::Add(_, rec) | DiffItem::Update { new: (_, rec), .. } => {
+                                t.upserts.push(rec.clone());
+                            }
+                            DiffItem::Remove(key, _) => t.deletes.push(key.clone()),
+                        }
+                    }
+                }
+                None => {
+                    out.created
+                        .insert(Arc::clone(&new.name), Arc::clone(&new.primary_key));
+                    t.upserts.extend(new.records.values().cloned());
+                }
+            }
+            if !t.upserts.is_empty() || !t.deletes.is_empty() || out.created.contains_key(&new.name)
+            {
+                out.tables.push(t);
+            }
+        }
+        out
     }
 }

@@ -17,6 +17,7 @@
 
 mod apply;
 mod chain;
+mod list;
 mod plan;
 mod verify;
 
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+pub use list::{list_store, ListedFile, Listing};
 pub use verify::{
     inspect_file, verify_dir, verify_store, ChainReport, FileReport, TableSummary, VerifyReport,
 };
