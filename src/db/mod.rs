@@ -10,7 +10,7 @@ mod table;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use imbl::OrdMap;
 use serde_json::Value;
@@ -64,7 +64,11 @@ pub struct DictDB {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
-    events: broadcast::Sender<Mutation>,
+    /// The mutation channel, made on the first subscription: a database
+    /// nobody subscribes to (a restore being checked, a replica's copy)
+    /// never pays for its slots.
+    events: OnceLock<broadcast::Sender<Mutation>>,
+    capacity: usize,
     /// The last committed sequence number, readable without the lock: a
     /// backup in progress watches it to tell whether writers are active.
     activity: AtomicU64,
@@ -175,11 +179,11 @@ impl DictDB {
     /// An empty database whose mutation channel holds `capacity` events
     /// (at least 1) before a slow subscriber lags.
     pub fn with_event_capacity(capacity: usize) -> Self {
-        let (events, _) = broadcast::channel(capacity.max(1));
         DictDB {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                events,
+                events: OnceLock::new(),
+                capacity: capacity.max(1),
                 activity: AtomicU64::new(0),
             }),
         }
@@ -203,8 +207,9 @@ impl DictDB {
     pub(crate) fn commit(&self, seq: &mut u64, table: &Arc<str>, change: impl FnOnce() -> Change) {
         *seq += 1;
         self.shared.activity.store(*seq, Ordering::Relaxed);
-        if self.shared.events.receiver_count() > 0 {
-            let _ = self.shared.events.send(Mutation {
+        let events = self.shared.events.get();
+        if let Some(events) = events.filter(|e| e.receiver_count() > 0) {
+            let _ = events.send(Mutation {
                 seq: *seq,
                 table: Arc::clone(table),
                 change: change(),
@@ -280,7 +285,10 @@ impl DictDB {
     /// capacity behind gets `RecvError::Lagged` and must resynchronise (for
     /// instance from a [`snapshot`](Self::snapshot)).
     pub fn subscribe(&self) -> broadcast::Receiver<Mutation> {
-        self.shared.events.subscribe()
+        self.shared
+            .events
+            .get_or_init(|| broadcast::channel(self.shared.capacity).0)
+            .subscribe()
     }
 
     /// A counter that moves whenever a change commits, read without the lock.

@@ -149,11 +149,14 @@ impl<R: Read> Input<R> {
                 *m -= keep;
             }
         }
-        let wanted = self.pos + need.max(CHUNK);
-        if self.buf.len() < wanted {
-            self.buf.resize(wanted, 0);
-        }
         while self.end - self.pos < need && !self.eof {
+            // Grow only when what was read fills the buffer: a length a
+            // file claims is never trusted for allocation, memory follows
+            // the bytes that really arrive.
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(CHUNK);
+                self.buf.resize(grown, 0);
+            }
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.end += n,

@@ -27,7 +27,8 @@ use std::time::SystemTime;
 
 pub use list::{list_store, ListedFile, Listing};
 pub use verify::{
-    inspect_file, verify_dir, verify_store, ChainReport, FileReport, TableSummary, VerifyReport,
+    inspect, inspect_file, verify_dir, verify_store, ChainReport, FileReport, TableSummary,
+    VerifyReport,
 };
 
 use crate::db::DictDB;

@@ -271,7 +271,21 @@ pub async fn inspect_file(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let store: Arc<dyn BackupStore> = Arc::new(LocalStore::existing(&dir)?);
+    if !path.is_file() {
+        return Err(Error::io(
+            path.display(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
+    }
+    inspect(Arc::new(LocalStore::existing(&dir)?), &name, format).await
+}
+
+/// [`inspect_file`] for a file of any store.
+pub async fn inspect(
+    store: Arc<dyn BackupStore>,
+    name: &str,
+    format: Option<format::FileFormat>,
+) -> Result<FileReport> {
     let catalog = Catalog::load(Arc::clone(&store)).await?;
     let opts = Restore::new(Arc::clone(&store));
     if let Some(e) = catalog.entries.iter().find(|e| e.file_name() == name) {
@@ -279,14 +293,22 @@ pub async fn inspect_file(
             return Ok(check_one(&opts, &catalog, e).await);
         }
     }
+    let file = catalog
+        .foreign
+        .iter()
+        .chain(catalog.entries.iter().map(|e| &e.file))
+        .find(|f| f.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::io(
+                name,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in the store"),
+            )
+        })?;
     let format = match format {
         Some(f) => f,
-        None => format::format_of_path(path)?,
+        None => format::format_of_path(Path::new(name))?,
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| Error::io(path.display(), e))?
-        .len();
-    let file = StoredFile { name, size };
     let reader = store.open(&file.name).await?;
     let n = file.name.clone();
     let decoded = tokio::task::spawn_blocking(move || format::decode(reader, format, &n, false))

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod craft;
 pub mod fault;
 
 use std::collections::BTreeMap;
