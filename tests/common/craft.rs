@@ -229,3 +229,171 @@ pub fn seal_msgpack(entries: &[(&str, M)]) -> Vec<u8> {
     rmp::encode::write_str(&mut body, &sum).unwrap();
     body
 }
+
+impl M {
+    /// The value as JSON text, map entries in order; `Raw` bytes are taken
+    /// as JSON text.
+    pub fn json(&self) -> String {
+        match self {
+            M::Map(e) => {
+                let inner: Vec<String> = e
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v.json()))
+                    .collect();
+                format!("{{{}}}", inner.join(","))
+            }
+            M::Arr(a) => format!("[{}]", a.iter().map(M::json).collect::<Vec<_>>().join(",")),
+            M::Str(s) => serde_json::to_string(s).unwrap(),
+            M::Int(i) => i.to_string(),
+            M::Uint(u) => u.to_string(),
+            M::Float(f) => serde_json::to_string(f).unwrap(),
+            M::Bool(b) => b.to_string(),
+            M::Nil => "null".into(),
+            M::Raw(b) => String::from_utf8(b.clone()).unwrap(),
+        }
+    }
+}
+
+/// A document of these top-level entries in `format`, sealed with a valid
+/// checksum.
+pub fn sealed(format: dictdb::FileFormat, entries: &[(&str, M)]) -> Vec<u8> {
+    match format {
+        dictdb::FileFormat::MessagePack => seal_msgpack(entries),
+        _ => {
+            let inner: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v.json()))
+                .collect();
+            seal_json(&format!("{{{}", inner.join(",")))
+        }
+    }
+}
+
+/// A version 2 full backup named `name` of `tables` (name, key field,
+/// records), sealed.
+pub fn full_doc(
+    format: dictdb::FileFormat,
+    name: &str,
+    seq: u64,
+    tables: &[(&str, &str, Vec<M>)],
+) -> Vec<u8> {
+    let count: usize = tables.iter().map(|t| t.2.len()).sum();
+    let meta = M::map(&[
+        ("version", M::Uint(2)),
+        ("kind", M::s("full")),
+        ("name", M::s(name)),
+        ("seq", M::Uint(seq)),
+        (
+            "next_keys",
+            M::Map(
+                tables
+                    .iter()
+                    .map(|t| (t.0.to_string(), M::Uint(1)))
+                    .collect(),
+            ),
+        ),
+        ("count", M::Uint(count as u64)),
+        (
+            "tables",
+            M::Map(
+                tables
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.0.to_string(),
+                            M::map(&[
+                                ("primary_key", M::s(t.1)),
+                                ("records", M::Uint(t.2.len() as u64)),
+                            ]),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ]);
+    let body = M::Map(
+        tables
+            .iter()
+            .map(|t| {
+                (
+                    t.0.to_string(),
+                    M::map(&[
+                        ("primary_key", M::s(t.1)),
+                        ("schema", M::Nil),
+                        ("records", M::Arr(t.2.clone())),
+                    ]),
+                )
+            })
+            .collect(),
+    );
+    sealed(format, &[("dictdb", meta), ("tables", body)])
+}
+
+/// A version 2 delta named `name` on `base`, covering `(from, seq]`, of
+/// `tables` (name, key field, upserts, deletes), sealed.
+pub fn delta_doc(
+    format: dictdb::FileFormat,
+    name: &str,
+    base: &str,
+    from: u64,
+    seq: u64,
+    tables: &[(&str, &str, Vec<M>, Vec<M>)],
+) -> Vec<u8> {
+    let count: usize = tables.iter().map(|t| t.2.len() + t.3.len()).sum();
+    let meta = M::map(&[
+        ("version", M::Uint(2)),
+        ("kind", M::s("delta")),
+        ("name", M::s(name)),
+        ("seq", M::Uint(seq)),
+        ("from_seq", M::Uint(from)),
+        ("base", M::s(base)),
+        ("next_keys", M::Map(Vec::new())),
+        ("count", M::Uint(count as u64)),
+        (
+            "tables",
+            M::Map(
+                tables
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.0.to_string(),
+                            M::map(&[
+                                ("primary_key", M::s(t.1)),
+                                ("upserts", M::Uint(t.2.len() as u64)),
+                                ("deletes", M::Uint(t.3.len() as u64)),
+                            ]),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ]);
+    let body = M::Map(
+        tables
+            .iter()
+            .map(|t| {
+                (
+                    t.0.to_string(),
+                    M::map(&[
+                        ("upserts", M::Arr(t.2.clone())),
+                        ("deletes", M::Arr(t.3.clone())),
+                    ]),
+                )
+            })
+            .collect(),
+    );
+    sealed(
+        format,
+        &[
+            ("dictdb", meta),
+            ("type", M::s("delta")),
+            ("timestamp", M::Float(1.5)),
+            ("tables", body),
+        ],
+    )
+}
+
+/// A record `{"id": id, "v": v}`.
+pub fn rec(id: M, v: &str) -> M {
+    M::map(&[("id", id), ("v", M::s(v))])
+}
