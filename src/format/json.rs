@@ -18,7 +18,7 @@ use super::input::{Fault, Input, Res};
 use super::syntax::{DocReader, DocWriter};
 use crate::key::Key;
 use crate::record::encode::{
-    container_header, put_bool, put_f64, put_int, put_nil, put_str, put_uint,
+    container_header, put_bool, put_f64, put_int, put_nil, put_str_bytes, put_uint,
 };
 use crate::record::json::{write_f64, write_key, write_record, write_str, write_uint};
 use crate::record::{Record, MAX_DEPTH};
@@ -45,6 +45,42 @@ static STRING_STOP: [bool; 256] = {
     t[b'\\' as usize] = true;
     t
 };
+
+/// The length of the run of `bytes` that needs no unescaping (up to a
+/// quote, a backslash or a control character), and whether that run is
+/// ASCII. Eight bytes at a time: most strings are short and plain.
+#[inline]
+fn scan_plain(bytes: &[u8]) -> (usize, bool) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut seen = 0u64;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(a);
+        // A quote, a backslash, or a byte below 0x20 somewhere in the word:
+        // the byte loop below finds which.
+        let stop = has_zero(w ^ (ONES * u64::from(b'"')))
+            | has_zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if stop != 0 {
+            break;
+        }
+        seen |= w;
+        i += 8;
+    }
+    let mut high = (seen & HIGH) != 0;
+    while let Some(&b) = bytes.get(i) {
+        if STRING_STOP[usize::from(b)] {
+            break;
+        }
+        high |= b >= 0x80;
+        i += 1;
+    }
+    (i, !high)
+}
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\r' | b'\t')
@@ -133,17 +169,15 @@ impl<R: Read> JsonReader<R> {
     fn string_span(&mut self) -> Res<Option<(usize, usize)>> {
         let inp = &mut self.input;
         let start = inp.pos;
-        let mut i = start;
-        while i < inp.end && !STRING_STOP[usize::from(inp.buf[i])] {
-            i += 1;
-        }
+        let (len, ascii) = scan_plain(&inp.buf[start..inp.end]);
+        let i = start + len;
         if i < inp.end && inp.buf[i] == b'"' {
-            let at = inp.offset();
-            if std::str::from_utf8(&inp.buf[start..i]).is_err() {
-                return Input::<R>::bad_at(at, "invalid UTF-8 in a string");
+            // Only strings with a byte above 0x7f need a UTF-8 check.
+            if !ascii && std::str::from_utf8(&inp.buf[start..i]).is_err() {
+                return Input::<R>::bad_at(inp.offset(), "invalid UTF-8 in a string");
             }
             inp.pos = i + 1;
-            return Ok(Some((start, i - start)));
+            return Ok(Some((start, len)));
         }
         self.string_slow()?;
         Ok(None)
@@ -252,16 +286,10 @@ impl<R: Read> JsonReader<R> {
     /// Reads a string (after the opening quote) into MessagePack.
     #[inline]
     fn string_to(&mut self, out: &mut Vec<u8>) -> Res<()> {
+        // Both forms were checked to be UTF-8.
         match self.string_span()? {
-            Some((s, n)) => {
-                // Checked UTF-8 above; `put_str` only writes the bytes.
-                let text = std::str::from_utf8(&self.input.buf[s..s + n]).unwrap_or_default();
-                put_str(out, text);
-            }
-            None => {
-                let text = std::str::from_utf8(&self.scratch).unwrap_or_default();
-                put_str(out, text);
-            }
+            Some((s, n)) => put_str_bytes(out, &self.input.buf[s..s + n]),
+            None => put_str_bytes(out, &self.scratch),
         }
         Ok(())
     }
@@ -956,6 +984,18 @@ mod tests {
         assert!(transcode(&deep).unwrap_err().contains("nested"));
         let ok = format!("{{\"a\": {}1{}}}", "[".repeat(99), "]".repeat(99));
         assert!(transcode(&ok).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scan_plain_finds_what_a_byte_loop_finds(bytes in proptest::collection::vec(
+            proptest::prop_oneof![proptest::num::u8::ANY, proptest::strategy::Just(b'"'),
+                proptest::strategy::Just(b'\\'), 0x20u8..0x7f], 0..40)) {
+            let naive = bytes.iter().position(|&b| STRING_STOP[usize::from(b)]).unwrap_or(bytes.len());
+            let (len, ascii) = scan_plain(&bytes);
+            proptest::prop_assert_eq!(len, naive);
+            proptest::prop_assert_eq!(ascii, bytes[..naive].iter().all(|&b| b < 0x80));
+        }
     }
 
     #[test]

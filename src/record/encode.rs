@@ -52,6 +52,13 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     let _ = mp::write_str(out, s);
 }
 
+/// Writes a string given as bytes already checked to be UTF-8.
+#[inline]
+pub(crate) fn put_str_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    let _ = mp::write_str_len(out, len32(s.len()));
+    out.extend_from_slice(s);
+}
+
 /// Writes a map header.
 #[inline]
 pub(crate) fn put_map_len(out: &mut Vec<u8>, n: usize) {
@@ -76,17 +83,20 @@ pub(crate) fn put_key(out: &mut Vec<u8>, key: &Key) {
     }
 }
 
-/// The header of a map (`map`) or array of `n` items, in at most 5 bytes.
+/// The header of a map (`map`) or array of `n` items, in at most 5 bytes
+/// (written in place: this runs once per container on the load path).
+#[inline]
 pub(crate) fn container_header(map: bool, n: usize) -> ([u8; 5], usize) {
-    let mut h = Vec::with_capacity(5);
-    if map {
-        put_map_len(&mut h, n);
-    } else {
-        put_array_len(&mut h, n);
-    }
     let mut out = [0u8; 5];
-    out[..h.len()].copy_from_slice(&h);
-    (out, h.len())
+    let mut w: &mut [u8] = &mut out;
+    // Five bytes always hold a header.
+    let _ = if map {
+        mp::write_map_len(&mut w, len32(n))
+    } else {
+        mp::write_array_len(&mut w, len32(n))
+    };
+    let used = 5 - w.len();
+    (out, used)
 }
 
 /// Encodes any JSON value.
