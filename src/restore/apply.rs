@@ -8,17 +8,17 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::chain::{check_identity, Catalog, Cursor, Entry};
 use super::plan::{planned, Chosen};
 use super::verify::Seen;
 use super::{Restore, Restored, Stopped};
-use crate::db::DictDB;
+use crate::db::{ChangeSet, DictDB};
 use crate::error::{Error, Result};
 use crate::format::{self, Body, Decoded};
-use crate::store::BackupStore;
+use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
 const PIPELINE_BYTES: u64 = 4 << 20;
@@ -56,13 +56,103 @@ pub(crate) async fn check_file(opts: &Restore, catalog: &Catalog, e: &Entry) -> 
     Ok(d)
 }
 
-/// Aborts the read-ahead when the restore ends early.
+/// Aborts the read-ahead when the restore ends early (the decoding thread
+/// then finds its channels closed and ends).
 struct Ahead(JoinHandle<()>);
 
 impl Drop for Ahead {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Applies change sets to the database on one thread of its own, off the
+/// async workers (a large delta takes a while) and always the same thread,
+/// so the memory one delta frees is reused by the next.
+struct Applier {
+    db: DictDB,
+    tx: Option<std::sync::mpsc::Sender<(ChangeSet, String, oneshot::Sender<Result<usize>>)>>,
+}
+
+impl Applier {
+    fn new(db: DictDB) -> Applier {
+        Applier { db, tx: None }
+    }
+
+    async fn apply(&mut self, changes: ChangeSet, file: &str) -> Result<usize> {
+        if self.tx.is_none() {
+            let (tx, rx) =
+                std::sync::mpsc::channel::<(ChangeSet, String, oneshot::Sender<Result<usize>>)>();
+            let db = self.db.clone();
+            std::thread::Builder::new()
+                .name("dictdb-apply".into())
+                .spawn(move || {
+                    for (changes, name, reply) in rx {
+                        let _ = reply.send(db.apply_named(&changes, &name));
+                    }
+                })
+                .map_err(|e| Error::io(file, e))?;
+            self.tx = Some(tx);
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((changes, file.to_string(), reply)).is_ok());
+        let stopped = || Error::corrupt(file, "the apply thread stopped");
+        if !sent {
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Reads and decodes `jobs` in order, one at a time, ahead of the caller: a
+/// task opens each file, one thread decodes them all (one thread, so the
+/// memory of one decoded delta is reused for the next instead of spreading
+/// over the allocator's per-thread arenas), and at most one decoded delta
+/// waits for the caller.
+fn read_ahead(
+    store: Arc<dyn BackupStore>,
+    jobs: Vec<Entry>,
+) -> (mpsc::Receiver<Result<Decoded>>, Option<Ahead>) {
+    let (done_tx, done_rx) = mpsc::channel::<Result<Decoded>>(1);
+    if jobs.is_empty() {
+        return (done_rx, None);
+    }
+    let (job_tx, mut job_rx) = mpsc::channel::<(Entry, Result<FileReader>)>(1);
+    let decoder = done_tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("dictdb-read-ahead".into())
+        .spawn(move || {
+            while let Some((e, reader)) = job_rx.blocking_recv() {
+                let decoded = reader.and_then(|r| {
+                    let format = e.format()?;
+                    let pipeline = e.file.size >= PIPELINE_BYTES;
+                    format::decode(r, format, e.file_name(), pipeline)
+                });
+                if decoder.blocking_send(decoded).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        let _ = done_tx.try_send(Err(Error::Store {
+            path: store.location(),
+            message: format!("cannot start the read-ahead thread: {err}"),
+        }));
+        return (done_rx, None);
+    }
+    drop(done_tx);
+    let opener = tokio::spawn(async move {
+        for e in jobs {
+            let reader = store.open(e.file_name()).await;
+            if job_tx.send((e, reader)).await.is_err() {
+                break;
+            }
+        }
+    });
+    (done_rx, Some(Ahead(opener)))
 }
 
 fn changed(e: &Entry) -> Error {
@@ -82,20 +172,12 @@ pub(crate) async fn load(
     chosen: &Chosen,
     mut observe: Option<Observer<'_>>,
 ) -> std::result::Result<Restored, Failed> {
-    let (tx, mut rx) = mpsc::channel::<Result<Decoded>>(1);
     let jobs: Vec<Entry> = chosen
         .deltas
         .iter()
         .map(|(i, _)| catalog.entries[*i].clone())
         .collect();
-    let store = Arc::clone(&catalog.store);
-    let _ahead = Ahead(tokio::spawn(async move {
-        for e in jobs {
-            if tx.send(decode_entry(&store, &e).await).await.is_err() {
-                break;
-            }
-        }
-    }));
+    let (mut rx, _ahead) = read_ahead(Arc::clone(&catalog.store), jobs);
 
     let base = &catalog.entries[chosen.base];
     let d = check_file(opts, catalog, base)
@@ -111,6 +193,7 @@ pub(crate) async fn load(
         return Err(Failed::Base(changed(base)));
     };
     let db = DictDB::from_snapshot(snapshot);
+    let mut applier = Applier::new(db.clone());
     let mut cursor = Cursor::start(base, &d.header);
     cursor.verified = d.integrity.is_verified();
     let mut applied = vec![planned(base, &d.header)];
@@ -135,12 +218,7 @@ pub(crate) async fn load(
             let Body::Delta(changes) = d.body else {
                 return Err(changed(e));
             };
-            let (db2, name) = (db.clone(), e.file_name().to_string());
-            let n = tokio::task::spawn_blocking(move || db2.apply_named(&changes, &name))
-                .await
-                .map_err(|err| {
-                    Error::corrupt(e.file_name(), format!("apply task failed: {err}"))
-                })??;
+            let n = applier.apply(changes, e.file_name()).await?;
             Ok((d.header, d.integrity, n, seen))
         }
         .await;
