@@ -38,6 +38,7 @@ fn help_describes_the_command_each_subcommand_and_the_exit_codes() {
         ("verify", "every checksum checked"),
         ("restore", "--dry-run does all the reading"),
         ("inspect", "upsert and delete counts"),
+        ("diff", "what that file did"),
     ] {
         assert!(text.contains(&format!("  {sub} ")), "{sub}: {text}");
         let h = cli([sub, "--help"]);

@@ -6,10 +6,12 @@
 //! with `--json`, as JSON from the report's `Serialize` derive; errors are
 //! [`error::CliError`]s with stable exit codes ([`error::EXIT_CODES`]).
 
+mod diff;
 mod error;
 mod inspect;
 mod list;
 mod output;
+mod points;
 mod progress;
 mod report;
 mod restore;
@@ -145,6 +147,26 @@ enum Command {
         #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
         format: Option<FileFormat>,
     },
+    /// Show what changed between two states: what one backup file did, or between two times.
+    ///
+    /// A point is a backup file of STORE (the state once it is applied), a
+    /// time (as restore --until takes it), seq:N (as --until-seq), latest,
+    /// or a full backup file elsewhere (restore's --out). With one point
+    /// that names a backup file: what that file did (the state before it
+    /// against the state after it). Otherwise from FROM to TO (default:
+    /// latest). Shows tables created and dropped and records added,
+    /// changed and removed per table; --json lists every key.
+    #[command(after_help = EXIT_CODES)]
+    Diff {
+        #[arg(value_name = "STORE", help = STORE_HELP)]
+        store: PathBuf,
+        /// The older point.
+        #[arg(value_name = "FROM", allow_hyphen_values = true)]
+        from: String,
+        /// The newer point (default: latest).
+        #[arg(value_name = "TO", allow_hyphen_values = true)]
+        to: Option<String>,
+    },
 }
 
 fn parse_format(s: &str) -> Result<FileFormat, String> {
@@ -204,5 +226,8 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             restore::run(req, out).await
         }
         Command::Inspect { file, format } => inspect::run(&file, format, out).await,
+        Command::Diff { store, from, to } => {
+            diff::run(diff::Request { store, from, to }, out).await
+        }
     }
 }
