@@ -39,6 +39,7 @@ fn help_describes_the_command_each_subcommand_and_the_exit_codes() {
         ("restore", "--dry-run does all the reading"),
         ("inspect", "upsert and delete counts"),
         ("diff", "what that file did"),
+        ("prune", "--keep-last"),
     ] {
         assert!(text.contains(&format!("  {sub} ")), "{sub}: {text}");
         let h = cli([sub, "--help"]);

@@ -158,6 +158,7 @@ async fn json_errors_are_an_object_on_stdout_and_text_on_stderr() {
         (args!["inspect", &notes], 1, "not_a_backup"),
         (args!["inspect", &missing], 3, "not_found"),
         (args!["diff", &c.dir, "soon"], 2, "usage"),
+        (args!["prune", &c.dir], 2, "usage"),
         (args!["frobnicate"], 2, "usage"),
     ];
     for (mut a, code, kind) in cases {

@@ -13,6 +13,7 @@ mod list;
 mod output;
 mod points;
 mod progress;
+mod prune;
 mod report;
 mod restore;
 mod store;
@@ -21,6 +22,7 @@ mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dictdb::FileFormat;
@@ -167,6 +169,35 @@ enum Command {
         #[arg(value_name = "TO", allow_hyphen_values = true)]
         to: Option<String>,
     },
+    /// Delete old backups by retention rules, whole chains at a time; --dry-run shows what and why.
+    ///
+    /// A file is kept when any rule keeps it. Only full backups count for
+    /// --keep-last and the calendar rules (UTC days, ISO weeks, months);
+    /// a kept full backup keeps its deltas. The newest chain and files that
+    /// are not backups are never deleted. At least one rule is required.
+    #[command(after_help = EXIT_CODES)]
+    Prune {
+        #[arg(value_name = "STORE", help = STORE_HELP)]
+        store: PathBuf,
+        /// Keep the newest N full backups (and their deltas).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: usize,
+        /// Keep every backup written within DURATION of the newest (2d, 12h, 1w, 1 month).
+        #[arg(long, value_name = "DURATION", value_parser = time::parse_duration)]
+        keep_within: Option<Duration>,
+        /// Keep the newest full backup of each of the last N days (UTC).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: usize,
+        /// Keep the newest full backup of each of the last N ISO weeks.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: usize,
+        /// Keep the newest full backup of each of the last N months.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: usize,
+        /// Show what would be deleted and why; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_format(s: &str) -> Result<FileFormat, String> {
@@ -228,6 +259,26 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
         Command::Inspect { file, format } => inspect::run(&file, format, out).await,
         Command::Diff { store, from, to } => {
             diff::run(diff::Request { store, from, to }, out).await
+        }
+        Command::Prune {
+            store,
+            keep_last,
+            keep_within,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+        } => {
+            let req = prune::Request {
+                store,
+                keep_last,
+                keep_within,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                dry_run,
+            };
+            prune::run(req, out).await
         }
     }
 }
