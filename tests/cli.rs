@@ -265,6 +265,7 @@ async fn inspect_shows_tables_counts_and_says_what_a_non_backup_is() {
     cli(args!["inspect", &empty]).fails(1, "(an empty file)");
     cli(args!["inspect", &c.dir]).fails(2, "is a directory");
     cli(args!["inspect", &c.dir.join("nope.json")]).fails(3, "no such file");
+    cli(args!["inspect", "s3://bucket/dictdb_backup_1_000001.json"]).fails(2, "local file");
 
     // --format overrides detection: a backup copied under another name.
     let copy = c.tmp.path().join("saved.bin");

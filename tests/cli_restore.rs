@@ -63,6 +63,10 @@ async fn restore_writes_a_file_equal_to_the_live_db() {
     cli(args!["restore", &c.dir, "--out", &into]).fails(2, "refusing");
     assert!(!into.exists());
     cli(args!["restore", &c.dir]).fails(2, "--out");
+    // An output directory that cannot be written: refused before any work,
+    // as an I/O error (2), not "not found" (3).
+    cli(args!["restore", &c.dir, "--out", "/proc/restored.json"]).fails(2, "cannot write in /proc");
+    cli(args!["restore", &c.dir, "--out", c.tmp.path()]).fails(2, "is a directory");
 }
 
 #[tokio::test]

@@ -106,9 +106,6 @@ impl From<Error> for CliError {
                 (Exit::Damaged, "unsupported", Some(name.clone()))
             }
             Error::NoBackup(_) => (Exit::NoBackups, "no_backups", None),
-            Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
-                (Exit::NotFound, "not_found", Some(path.clone()))
-            }
             Error::Io { path, .. } | Error::Sync { path, .. } => {
                 (Exit::Usage, "io", Some(path.clone()))
             }

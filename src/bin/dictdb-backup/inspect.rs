@@ -31,6 +31,12 @@ pub(crate) async fn run(
     out: Output,
 ) -> Result<Exit, CliError> {
     let shown = path.display().to_string();
+    if crate::store::is_url(path) {
+        return Err(CliError::usage(format!(
+            "{shown}: inspect reads a local file; copy the object here first, or run \
+             `dictdb-backup verify` on the store"
+        )));
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             return Err(CliError::usage(format!(

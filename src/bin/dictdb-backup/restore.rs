@@ -245,6 +245,18 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
             parent.display()
         )));
     }
+    // Fail now rather than after a long restore.
+    if let Err(e) = tempfile::Builder::new()
+        .prefix(".dictdb-backup-check-")
+        .tempfile_in(&parent)
+    {
+        return Err(CliError::new(
+            Exit::Usage,
+            "io",
+            format!("--out {shown}: cannot write in {}: {e}", parent.display()),
+        )
+        .about(shown));
+    }
     let backup_named = name.to_str().and_then(BackupName::parse).is_some();
     let same_dir = !store::is_url(dir)
         && matches!((parent.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
