@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use dictdb::backup::retention::{DeleteReason, KeepReason, RetentionPlan};
-use dictdb::store::{BackupStore, BackupWriter, LocalStore, StoredFile};
+use dictdb::store::{BackupStore, BackupWriter, FileReader, LocalStore, StoredFile};
 use dictdb::{
     restore_dir, BackupConfig, BackupEvent, BackupKind, BackupManager, DictDB, Error,
     RetentionPolicy,
@@ -601,7 +601,13 @@ impl BackupStore for MemStore {
             message: "read-only test store".into(),
         })
     }
-    async fn read(&self, name: &str) -> dictdb::Result<Vec<u8>> {
+    async fn open(&self, name: &str) -> dictdb::Result<FileReader> {
+        Err(Error::Store {
+            path: name.into(),
+            message: "no contents in this test store".into(),
+        })
+    }
+    async fn read_range(&self, name: &str, _: std::ops::Range<u64>) -> dictdb::Result<Vec<u8>> {
         Err(Error::Store {
             path: name.into(),
             message: "no contents in this test store".into(),
@@ -864,8 +870,11 @@ impl BackupStore for RefusesOne {
     async fn create(&self, name: &str) -> dictdb::Result<Box<dyn BackupWriter>> {
         self.inner.create(name).await
     }
-    async fn read(&self, name: &str) -> dictdb::Result<Vec<u8>> {
-        self.inner.read(name).await
+    async fn open(&self, name: &str) -> dictdb::Result<FileReader> {
+        self.inner.open(name).await
+    }
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> dictdb::Result<Vec<u8>> {
+        self.inner.read_range(name, range).await
     }
     async fn delete(&self, name: &str) -> dictdb::Result<()> {
         if name == self.refuse {

@@ -1,0 +1,182 @@
+//! `prune`: deletes old backups by retention rules restic users know
+//! (`--keep-last`, `--keep-within`, `--keep-daily`, `--keep-weekly`,
+//! `--keep-monthly`), whole chains at a time, in an order that keeps the
+//! store restorable at every step; `--dry-run` shows what would go and why.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use dictdb::backup::retention::RetentionPlan;
+use dictdb::RetentionPolicy;
+use serde::Serialize;
+
+use crate::error::{CliError, Exit};
+use crate::output::{plural, size, Output};
+use crate::store;
+
+/// What `prune` was asked for.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) store: PathBuf,
+    pub(crate) keep_last: usize,
+    pub(crate) keep_within: Option<Duration>,
+    pub(crate) keep_daily: usize,
+    pub(crate) keep_weekly: usize,
+    pub(crate) keep_monthly: usize,
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Serialize)]
+struct PruneReport {
+    store: String,
+    policy: String,
+    dry_run: bool,
+    /// What goes (in a dry run: would go), in deletion order, and why.
+    delete: Vec<Gone>,
+    keep: Vec<Kept>,
+    ignored: Vec<String>,
+    bytes_freed: u64,
+    /// Deleted (empty in a dry run).
+    deleted: Vec<String>,
+    /// The deletion that failed, which stopped the prune.
+    failed: Option<Failed>,
+    #[serde(skip)]
+    plan: String,
+}
+
+#[derive(Serialize)]
+struct Gone {
+    name: String,
+    size: u64,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct Kept {
+    name: String,
+    reasons: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Failed {
+    file: String,
+    error: String,
+}
+
+pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
+    let policy = RetentionPolicy::default()
+        .keep_last(req.keep_last)
+        .keep_within(req.keep_within.unwrap_or(Duration::ZERO))
+        .keep_daily(req.keep_daily)
+        .keep_weekly(req.keep_weekly)
+        .keep_monthly(req.keep_monthly);
+    if policy.keeps_everything() {
+        return Err(CliError::usage(
+            "no retention rule given: with none, prune would keep everything (a no-op, so \
+             nothing was done); give at least one of --keep-last N, --keep-within DURATION, \
+             --keep-daily N, --keep-weekly N, --keep-monthly N (0 turns a rule off)",
+        ));
+    }
+    let store = store::open(&req.store)?;
+    let files = store.list().await?;
+    let plan = policy.plan(&files, SystemTime::now());
+    let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
+    if !req.dry_run && !plan.deletions().is_empty() {
+        let done = plan.apply(&*store).await;
+        report.deleted = done.deleted;
+        report.failed = done.failed.map(|f| Failed {
+            error: f.error.to_string(),
+            file: f.file,
+        });
+    }
+    out.report(&report)?;
+    match &report.failed {
+        None => Ok(Exit::Ok),
+        Some(f) => {
+            out.warn(&format!(
+                "prune stopped at {}: {} (deleted {} before it; every chain left still restores)",
+                f.file,
+                f.error,
+                plural(report.deleted.len() as u64, "file", "files")
+            ));
+            Ok(Exit::Usage)
+        }
+    }
+}
+
+impl PruneReport {
+    fn of(store: String, plan: &RetentionPlan, dry_run: bool) -> PruneReport {
+        PruneReport {
+            store,
+            policy: plan.policy().to_string(),
+            dry_run,
+            delete: plan
+                .deletions()
+                .iter()
+                .map(|d| Gone {
+                    name: d.name.clone(),
+                    size: d.size,
+                    reason: d.reason.to_string(),
+                })
+                .collect(),
+            keep: plan
+                .kept()
+                .iter()
+                .map(|k| Kept {
+                    name: k.name.clone(),
+                    reasons: k.reasons.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+            ignored: plan.ignored().to_vec(),
+            bytes_freed: plan.bytes_freed(),
+            deleted: Vec::new(),
+            failed: None,
+            plan: plan.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            writeln!(f, "dry run: nothing deleted from {}", self.store)?;
+            return writeln!(f, "{}", self.plan);
+        }
+        if self.delete.is_empty() {
+            return writeln!(
+                f,
+                "{}: nothing to delete ({}: keeps {})",
+                self.store,
+                self.policy,
+                plural(self.keep.len() as u64, "file", "files")
+            );
+        }
+        for name in &self.deleted {
+            let why = self
+                .delete
+                .iter()
+                .find(|d| &d.name == name)
+                .map_or("", |d| d.reason.as_str());
+            writeln!(f, "deleted {name}: {why}")?;
+        }
+        if let Some(x) = &self.failed {
+            writeln!(f, "FAILED to delete {}: {}", x.file, x.error)?;
+        }
+        let freed: u64 = self
+            .delete
+            .iter()
+            .filter(|d| self.deleted.contains(&d.name))
+            .map(|d| d.size)
+            .sum();
+        writeln!(
+            f,
+            "{} ({}): deleted {} ({}), kept {}",
+            self.store,
+            self.policy,
+            plural(self.deleted.len() as u64, "file", "files"),
+            size(freed),
+            plural(self.keep.len() as u64, "file", "files")
+        )
+    }
+}

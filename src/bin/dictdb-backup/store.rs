@@ -1,0 +1,151 @@
+//! Opening the store named on the command line: a directory, or (with the
+//! `object-store` feature) a URL such as `s3://bucket/prefix`, checked
+//! before any request so an operator hears "no such directory" or "no
+//! credentials" instead of what a request would have said.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dictdb::{BackupStore, LocalStore};
+
+use crate::error::{CliError, Exit};
+
+/// Opens a store that must already exist. Never creates anything.
+pub(crate) fn open(arg: &Path) -> Result<Arc<dyn BackupStore>, CliError> {
+    let text = arg.to_string_lossy();
+    if text.contains("://") {
+        return open_url(&text);
+    }
+    check_dir(arg)?;
+    Ok(Arc::new(LocalStore::existing(arg)?))
+}
+
+/// Whether `arg` names an object-store URL rather than a directory.
+pub(crate) fn is_url(arg: &Path) -> bool {
+    arg.to_string_lossy().contains("://")
+}
+
+/// A directory that exists, or the error an operator needs.
+fn check_dir(dir: &Path) -> Result<(), CliError> {
+    let shown = dir.display().to_string();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::usage(format!(
+            "{shown}: is a file, not a backup directory (to read one file: dictdb-backup inspect {shown})"
+        ))
+        .about(shown)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::not_found(
+            &shown,
+            format!("{shown}: no such directory"),
+        )),
+        Err(e) => Err(CliError::new(Exit::Usage, "io", format!("{shown}: {e}")).about(shown)),
+    }
+}
+
+#[cfg(not(feature = "object-store"))]
+fn open_url(url: &str) -> Result<Arc<dyn BackupStore>, CliError> {
+    Err(CliError::new(
+        Exit::Usage,
+        "config",
+        format!(
+            "{url}: object-store URLs need dictdb-backup built with the `object-store` feature \
+             (cargo install dictdb --features object-store)"
+        ),
+    ))
+}
+
+#[cfg(feature = "object-store")]
+fn open_url(text: &str) -> Result<Arc<dyn BackupStore>, CliError> {
+    let parsed = url::Url::parse(text).map_err(|e| {
+        CliError::new(
+            Exit::Usage,
+            "config",
+            format!("invalid backup store URL {text:?}: {e}"),
+        )
+    })?;
+    match parsed.scheme().to_ascii_lowercase().as_str() {
+        "s3" | "s3a" => check_credentials(text, |k| std::env::var(k).ok())?,
+        "file" => {
+            // open_url would create a missing directory: an operator's
+            // typo must not leave one behind.
+            let dir = parsed.to_file_path().map_err(|()| {
+                CliError::usage(format!(
+                    "{text}: not an absolute local path (file:///abs/dir)"
+                ))
+            })?;
+            check_dir(&dir)?;
+        }
+        _ => {}
+    }
+    Ok(dictdb::store::open_url(text)?)
+}
+
+/// Refuses an S3 URL when no credential source is configured: without
+/// one, the S3 client asks the EC2 instance metadata service, and off EC2
+/// the operator sees a failed PUT to 169.254.169.254 instead of the cause.
+#[cfg(feature = "object-store")]
+pub(crate) fn check_credentials(
+    url: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<(), CliError> {
+    let set = |k: &str| var(k).is_some_and(|v| !v.trim().is_empty());
+    let truthy = |k: &str| var(k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let key = set("AWS_ACCESS_KEY_ID");
+    let secret = set("AWS_SECRET_ACCESS_KEY");
+    let configured = (key && secret)
+        || set("AWS_PROFILE")
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || truthy("AWS_SKIP_SIGNATURE")
+        // An explicit opt-in to the instance metadata service.
+        || var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    if configured {
+        return Ok(());
+    }
+    let missing = match (key, secret) {
+        (true, false) => "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not",
+        (false, true) => "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not",
+        _ => "no AWS credentials are configured",
+    };
+    Err(CliError::new(
+        Exit::Usage,
+        "credentials",
+        format!(
+            "{url}: {missing}. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+             (plus AWS_SESSION_TOKEN for temporary credentials), or AWS_PROFILE, \
+             or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or \
+             AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; AWS_REGION, and AWS_ENDPOINT \
+             with AWS_ALLOW_HTTP=true for a server other than AWS. On an EC2 \
+             instance whose role should be used, set AWS_EC2_METADATA_DISABLED=false \
+             to ask the instance metadata service"
+        ),
+    )
+    .about(url))
+}
+
+#[cfg(all(test, feature = "object-store"))]
+mod tests {
+    use super::*;
+
+    fn check(vars: &[(&str, &str)]) -> Result<(), CliError> {
+        check_credentials("s3://b/p", |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn credential_sources() {
+        let e = check(&[]).err().map(|e| e.message).unwrap_or_default();
+        assert!(e.contains("AWS_ACCESS_KEY_ID") && e.contains("AWS_EC2_METADATA_DISABLED=false"));
+        let e = check(&[("AWS_ACCESS_KEY_ID", "k")]).err();
+        assert!(e.is_some_and(|e| e.message.contains("AWS_SECRET_ACCESS_KEY is not")));
+        assert!(check(&[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")]).is_ok());
+        assert!(check(&[("AWS_PROFILE", "ops")]).is_ok());
+        assert!(check(&[("AWS_EC2_METADATA_DISABLED", "false")]).is_ok());
+        assert!(check(&[("AWS_EC2_METADATA_DISABLED", "true")]).is_err());
+        assert!(check(&[("AWS_PROFILE", " ")]).is_err());
+    }
+}

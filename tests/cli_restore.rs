@@ -1,0 +1,312 @@
+//! `dictdb-backup restore`, run as a real process: the output file, every
+//! form of `--until` (and the implausible ones), `--until-seq`,
+//! `--dry-run`, `--lenient` (exit 5 and what was left out), and progress on
+//! a terminal only.
+
+mod cli_common;
+mod common;
+
+use std::ffi::OsStr;
+
+use cli_common::*;
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn restore_writes_a_file_equal_to_the_live_db() {
+    let c = make_chain().await;
+    let x = c.tmp.path().join("x.json");
+    let out = cli(args!["restore", &c.dir, "--out", &x]);
+    let text = out.ok();
+    // Piped stderr: no progress bar, nothing at all.
+    assert!(out.stderr.is_empty(), "{:?}", out.stderr);
+    assert_eq!(common::dump(&load(&x)), common::dump(&c.db));
+    for f in [&c.full.file, &c.d1.file, &c.d2.file] {
+        assert!(
+            line_of(text, f).trim_start().starts_with("applied"),
+            "{text}"
+        );
+    }
+    assert!(
+        line_of(text, &c.d1.file).contains("3 records affected"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("sequence: {}", c.d2.seq)), "{text}");
+    assert!(text.contains("verified: yes"), "{text}");
+    assert!(
+        line_of(text, "wrote").contains("2 tables, 7 records"),
+        "{text}"
+    );
+
+    // MessagePack by --format or by extension; --json report.
+    for (name, format) in [("y.bin", Some("msgpack")), ("z.msgpack", None)] {
+        let y = c.tmp.path().join(name);
+        let mut a = args!["--json", "restore", &c.dir, "-o", &y];
+        if let Some(f) = format {
+            a.extend(args!["--format", f]);
+        }
+        let out = cli(a);
+        assert_eq!(out.code, 0, "{out:#?}");
+        let v = out.json();
+        assert_eq!(v["out"]["format"], "msgpack");
+        assert_eq!(
+            (&v["seq"], &v["verified"], &v["complete"]),
+            (&json!(c.d2.seq), &json!(true), &json!(true))
+        );
+        assert_eq!(v["applied"][1]["affected"], 3);
+        let db = dictdb::DictDB::load(&y, dictdb::FileFormat::MessagePack).unwrap();
+        assert_eq!(common::table_map(&db), common::table_map(&c.db));
+    }
+
+    // Never into the chain being restored.
+    let into = c.dir.join("dictdb_backup_9999999999_000000.json");
+    cli(args!["restore", &c.dir, "--out", &into]).fails(2, "refusing");
+    assert!(!into.exists());
+    cli(args!["restore", &c.dir]).fails(2, "--out");
+    // An output directory that cannot be written: refused before any work,
+    // as an I/O error (2), not "not found" (3).
+    cli(args!["restore", &c.dir, "--out", "/proc/restored.json"]).fails(2, "cannot write in /proc");
+    cli(args!["restore", &c.dir, "--out", c.tmp.path()]).fails(2, "is a directory");
+}
+
+#[tokio::test]
+async fn until_takes_rfc3339_dates_unix_seconds_and_relative_times() {
+    let c = make_chain().await;
+    let listing = cli(args!["list", &c.dir, "--json"]).json();
+    let d1_time = entry(&listing, &c.d1.file)["time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t: Timestamp = d1_time.parse().unwrap();
+    let name = dictdb::BackupName::parse(&c.d1.file).unwrap();
+    let offset = t
+        .to_zoned_datetime(jiff::tz::TimeZone::fixed(jiff::tz::offset(2)))
+        .strftime("%Y-%m-%dT%H:%M:%S%.6f%:z")
+        .to_string();
+    for until in [
+        format!("{}.{:06}", name.secs, name.micros),
+        d1_time.clone(),
+        offset,
+    ] {
+        let v = cli(args![
+            "--json",
+            "restore",
+            &c.dir,
+            "--dry-run",
+            "--until",
+            &until
+        ]);
+        assert_eq!(v.code, 0, "{until}: {v:#?}");
+        let v = v.json();
+        assert_eq!(
+            applied(&v),
+            [c.full.file.as_str(), c.d1.file.as_str()],
+            "{until}"
+        );
+        assert_eq!(v["until"], d1_time, "{until}");
+    }
+    let x = c.tmp.path().join("at-d1.json");
+    cli(args!["restore", &c.dir, "-o", &x, "--until", &d1_time]).ok();
+    assert_eq!(common::table_map(&load(&x)), c.at_d1);
+
+    // Tomorrow (a date) includes everything; today's start, and times
+    // before now, precede every backup.
+    let today = Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let tomorrow = today.tomorrow().unwrap().to_string();
+    let v = cli(args![
+        "--json",
+        "restore",
+        &c.dir,
+        "--dry-run",
+        "--until",
+        &tomorrow
+    ])
+    .json();
+    assert_eq!(applied(&v).len(), 3);
+    let first = entry(&listing, &c.full.file)["time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for until in ["-15m", "15m", "2h ago", "2 hours ago", &today.to_string()] {
+        let out = cli(args!["restore", &c.dir, "--dry-run", "--until", until]);
+        out.fails(4, "nothing was backed up before");
+        assert!(
+            out.stderr.contains(&format!("first backup at {first}")),
+            "{until}: {out:#?}"
+        );
+    }
+    // --until=-15m works too; relative times include old backups.
+    cli(args!["restore", &c.dir, "--dry-run", "--until=-15m"]).fails(4, "nothing was backed up");
+    let py = common::python_fixture_dir();
+    let v = cli(args![
+        "--json",
+        "restore",
+        &py,
+        "--dry-run",
+        "--until",
+        "1h ago"
+    ])
+    .json();
+    assert_eq!(applied(&v).len(), 4, "{v:#}");
+
+    // Implausible or malformed: refused with a reason, exit 2.
+    for (until, why) in [
+        ("1795843611000", "milliseconds"),
+        ("1795843611000000", "microseconds"),
+        ("1960-01-01", "before 1970"),
+        ("1969-12-31T23:00:00Z", "before 1970"),
+        ("2099-01-01", "more than 10 years from now"),
+        ("2026-11-26T08:44:54", "no time zone"),
+        ("+15m", "counts back from now"),
+        ("yesterday", "RFC 3339"),
+        ("2026-02-30", "invalid"),
+    ] {
+        cli(args!["restore", &c.dir, "--dry-run", "--until", until]).fails(2, why);
+    }
+}
+
+#[tokio::test]
+async fn until_seq_and_dry_run() {
+    let c = make_chain().await;
+    let seq = c.d1.seq.to_string();
+    let x = c.tmp.path().join("never.json");
+    let out = cli(args![
+        "--json",
+        "restore",
+        &c.dir,
+        "--until-seq",
+        &seq,
+        "--dry-run",
+        "-o",
+        &x
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let v = out.json();
+    assert_eq!(applied(&v), [c.full.file.as_str(), c.d1.file.as_str()]);
+    assert_eq!(
+        (&v["dry_run"], &v["seq"], &v["out"]),
+        (&json!(true), &json!(c.d1.seq), &Value::Null)
+    );
+    assert!(!x.exists(), "a dry run writes nothing");
+
+    let out = cli(args!["restore", &c.dir, "--dry-run"]);
+    let text = out.ok();
+    assert!(text.starts_with("dry run: nothing written"), "{text}");
+    assert!(line_of(text, &c.d2.file).contains("apply"), "{text}");
+    let before: Vec<_> = std::fs::read_dir(&c.dir).unwrap().collect();
+    assert_eq!(before.len(), 4);
+
+    cli(args!["restore", &c.dir, "--dry-run", "--until-seq", "0"])
+        .fails(4, "no full backup at or before sequence 0");
+    let py = common::python_fixture_dir();
+    cli(args!["restore", &py, "--dry-run", "--until-seq", "3"]).fails(2, "--until");
+    // A dry run fails where the restore would.
+    damage(&c.dir.join(&c.d2.file));
+    cli(args!["restore", &c.dir, "--dry-run"]).fails(1, "checksum mismatch");
+}
+
+#[tokio::test]
+async fn lenient_restore_exits_5_and_says_what_it_left_out() {
+    let c = make_chain().await;
+    damage(&c.dir.join(&c.d2.file));
+    let x = c.tmp.path().join("strict.json");
+    let out = cli(args!["restore", &c.dir, "--out", &x]);
+    out.fails(1, &c.d2.file);
+    assert!(out.stderr.contains("--lenient"), "{out:#?}");
+    assert!(!x.exists());
+
+    let x = c.tmp.path().join("lenient.json");
+    let out = cli(args!["restore", &c.dir, "--out", &x, "--lenient"]);
+    out.fails(5, "restore incomplete: 1 file left out");
+    assert!(
+        line_of(&out.stdout, "stopped at").contains(&c.d2.file),
+        "{out:#?}"
+    );
+    assert!(
+        line_of(&out.stdout, "stopped at").contains("checksum mismatch"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("INCOMPLETE: left out 1 file"),
+        "{out:#?}"
+    );
+    assert_eq!(common::table_map(&load(&x)), c.at_d1);
+
+    let v = cli(args!["--json", "restore", &c.dir, "--out", &x, "--lenient"]).json();
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["stopped"]["file"], c.d2.file);
+    assert_eq!(v["left_out"], json!([c.d2.file]));
+    assert_eq!(applied(&v), [c.full.file.as_str(), c.d1.file.as_str()]);
+
+    // A damaged newest full backup: skipped for the older chain, whose
+    // later files are all left out.
+    let two = make_two_chains().await;
+    let n: Vec<&str> = two.files.iter().map(|f| f.file.as_str()).collect();
+    damage(&two.dir.join(n[2]));
+    let out = cli(args![
+        "--json",
+        "restore",
+        &two.dir,
+        "--dry-run",
+        "--lenient"
+    ]);
+    assert_eq!(out.code, 5, "{out:#?}");
+    let v = out.json();
+    assert_eq!(applied(&v), n[..2]);
+    assert_eq!(v["skipped"][0]["file"], n[2]);
+    assert_eq!(v["left_out"], json!(n[2..]));
+    // A lenient restore with nothing wrong is complete: exit 0.
+    let d1 = dictdb::BackupName::parse(&c.d1.file).unwrap();
+    let until = format!("{}.{:06}", d1.secs, d1.micros);
+    cli(args![
+        "restore",
+        &c.dir,
+        "--dry-run",
+        "--lenient",
+        "--until",
+        &until
+    ])
+    .ok();
+}
+
+#[tokio::test]
+async fn progress_is_shown_on_a_terminal_only() {
+    let c = make_chain().await;
+    let x = c.tmp.path().join("x.json");
+    // Piped: nothing on stderr (checked in the first test too).
+    let out = cli(args!["restore", &c.dir, "-o", &x]);
+    assert!(out.stderr.is_empty(), "{out:#?}");
+    // On a terminal (`script` gives the command a pseudo-terminal): bytes
+    // read out of the total, and the file being read.
+    let Ok(script) = which("script") else {
+        panic!("`script` (util-linux) is needed to give the command a terminal");
+    };
+    let command = format!(
+        "{} restore {} -o {}",
+        env!("CARGO_BIN_EXE_dictdb-backup"),
+        c.dir.display(),
+        x.display()
+    );
+    let out = run(std::process::Command::new(script).args([
+        OsStr::new("-qec"),
+        OsStr::new(&command),
+        OsStr::new("/dev/null"),
+    ]));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("restoring ["), "{out:#?}");
+    assert!(
+        out.stdout.contains(" B/") || out.stdout.contains("KiB/"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("file 1: dictdb_"), "{out:#?}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
