@@ -360,3 +360,22 @@ async fn verify_inspect_and_restore_agree_on_every_file() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+/// Writes the corpus to `$DICTDB_CORPUS_DIR/<n>/` (one store per case, with
+/// `case.txt` naming it and its target), to run other builds of the command
+/// over it (`cargo test --test differential -- --ignored`).
+#[tokio::test]
+#[ignore]
+async fn dump_corpus() {
+    let Ok(out) = std::env::var("DICTDB_CORPUS_DIR") else {
+        return;
+    };
+    for (i, case) in corpus().await.iter().enumerate() {
+        let dir = std::path::Path::new(&out).join(format!("{i:04}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in &case.files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        std::fs::write(dir.join("case.txt"), format!("{}\n{}\n", case.what, case.target)).unwrap();
+    }
+}
