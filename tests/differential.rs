@@ -376,6 +376,10 @@ async fn dump_corpus() {
         for (name, bytes) in &case.files {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
-        std::fs::write(dir.join("case.txt"), format!("{}\n{}\n", case.what, case.target)).unwrap();
+        std::fs::write(
+            dir.join("case.txt"),
+            format!("{}\n{}\n", case.what, case.target),
+        )
+        .unwrap();
     }
 }

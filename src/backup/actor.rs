@@ -531,6 +531,12 @@ async fn write_job(
             pacer.pause_if_writers_active();
             Ok(())
         };
+        // A second core while no writer has committed since the cut: an
+        // idle service gets its full backup twice as fast, a busy one keeps
+        // the paced single thread (see `Pacer`).
+        let db = job.db.clone();
+        let quiet = job.snapshot.seq();
+        let idle = move || db.activity() == quiet;
         let written = match job.kind {
             BackupKind::Full => format::encode(
                 job.format,
@@ -539,6 +545,7 @@ async fn write_job(
                     name: Some(&target),
                 },
                 &mut emit,
+                Some(&idle),
             )?,
             BackupKind::Delta => {
                 let changes = job.window.to_changes(&job.snapshot);
@@ -556,6 +563,7 @@ async fn write_job(
                         name: &target,
                     },
                     &mut emit,
+                    None,
                 )?
             }
         };

@@ -54,6 +54,10 @@ impl DictDB {
         // Like every file of ours, a save names itself: copied elsewhere
         // under another name, it is not taken for what that name says.
         let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        // Both cores while nobody writes (a save runs on the caller's
+        // thread, not the backup manager's paced one).
+        let start = self.activity();
+        let idle = || self.activity() == start;
         let written = write_atomic(path, |emit| {
             format::encode(
                 format,
@@ -62,6 +66,7 @@ impl DictDB {
                     name: name.as_deref(),
                 },
                 emit,
+                Some(&idle),
             )
         })?;
         Ok(SaveInfo {

@@ -80,10 +80,19 @@ impl<F: FnMut(Vec<u8>) -> Result<()>> ChunkWriter<F> {
         Ok(())
     }
 
-    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
+    /// Hands on what `buf` holds, now.
+    pub(crate) fn flush(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
         let chunk = std::mem::replace(buf, Self::buffer());
+        self.emit(chunk)
+    }
+
+    /// Hands on a chunk made elsewhere (a segment written on another core).
+    pub(crate) fn emit(&mut self, chunk: Vec<u8>) -> Result<()> {
+        self.hasher.update(&chunk);
+        self.written += chunk.len() as u64;
         (self.emit)(chunk)
     }
 

@@ -28,6 +28,7 @@ use super::build::{Built, Inline, Pipeline, RecordSink, BATCH};
 use super::checksum::{format_digest, well_formed, ChunkWriter, Integrity};
 use super::input::{Fault, Res};
 use super::meta::{Meta, TableCounts, VERSION};
+use super::parallel::{self, Idle};
 use super::syntax::{DocReader, DocWriter};
 use crate::db::{
     record_key, validate_table_name, ChangeSet, Snapshot, TableChanges, TableSnapshot,
@@ -649,10 +650,16 @@ impl Doc<'_> {
     }
 }
 
-/// Writes a document through `w`, handing chunks to `out` as they fill.
-pub(crate) fn encode<W, F>(mut w: W, out: &mut ChunkWriter<F>, doc: &Doc<'_>) -> Result<Written>
+/// Writes a document through `w`, handing chunks to `out` as they fill. A
+/// full backup's records go on two cores while `idle` says so.
+pub(crate) fn encode<W, F>(
+    mut w: W,
+    out: &mut ChunkWriter<F>,
+    doc: &Doc<'_>,
+    idle: Option<Idle<'_>>,
+) -> Result<Written>
 where
-    W: DocWriter,
+    W: DocWriter + Sync,
     F: FnMut(Vec<u8>) -> Result<()>,
 {
     let meta = doc.meta();
@@ -678,10 +685,7 @@ where
                 w.begin_array(t.len());
                 // Key order: also roughly allocation order, the cache
                 // friendly way to visit them (see WORKLOAD.md).
-                for (_, rec) in t.iter() {
-                    w.record(rec);
-                    out.maybe_flush(w.buf())?;
-                }
+                parallel::write_records(&mut w, out, t, idle)?;
                 w.end_array();
                 w.end_map();
             }

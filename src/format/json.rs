@@ -894,6 +894,27 @@ impl DocWriter for JsonWriter {
         let _ = write_record(&mut self.buf, rec.as_msgpack());
     }
 
+    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, first: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(super::checksum::CHUNK);
+        let mut first = first;
+        for rec in records {
+            out.extend_from_slice(if first { b"\n" } else { b",\n" });
+            first = false;
+            let _ = write_record(&mut out, rec.as_msgpack());
+        }
+        out
+    }
+
+    fn parallel_pays(&self) -> bool {
+        true
+    }
+
+    fn elements_written(&mut self) {
+        if let Some((true, first)) = self.stack.last_mut() {
+            *first = false;
+        }
+    }
+
     fn json(&mut self, v: &Value) {
         self.element();
         // Serialising a `Value` into a vector cannot fail.

@@ -25,6 +25,7 @@ pub(crate) mod input;
 pub(crate) mod json;
 pub(crate) mod meta;
 pub(crate) mod msgpack;
+mod parallel;
 pub(crate) mod syntax;
 
 use std::fmt;
@@ -194,17 +195,20 @@ pub(crate) fn decode_header(
     }
 }
 
-/// Writes `doc` in `format`, handing chunks to `emit` as they fill.
+/// Writes `doc` in `format`, handing chunks to `emit` as they fill. A JSON
+/// full backup's records are written on two cores while `idle()` says the
+/// other core is free (see [`parallel`]); `None`: one core.
 pub(crate) fn encode(
     format: FileFormat,
     doc: &Doc<'_>,
     emit: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+    idle: Option<&(dyn Fn() -> bool + Sync)>,
 ) -> Result<Written> {
     let mut out = ChunkWriter::new(emit);
     let buf = ChunkWriter::<&mut dyn FnMut(Vec<u8>) -> Result<()>>::buffer();
     match format {
-        FileFormat::Json => document::encode(JsonWriter::new(buf), &mut out, doc),
-        FileFormat::MessagePack => document::encode(MsgpackWriter::new(buf), &mut out, doc),
+        FileFormat::Json => document::encode(JsonWriter::new(buf), &mut out, doc, idle),
+        FileFormat::MessagePack => document::encode(MsgpackWriter::new(buf), &mut out, doc, idle),
     }
 }
 

@@ -385,6 +385,20 @@ impl DocWriter for MsgpackWriter {
         self.buf.extend_from_slice(rec.as_msgpack());
     }
 
+    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, _first: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for rec in records {
+            out.extend_from_slice(rec.as_msgpack());
+        }
+        out
+    }
+
+    fn parallel_pays(&self) -> bool {
+        false
+    }
+
+    fn elements_written(&mut self) {}
+
     fn json(&mut self, v: &Value) {
         encode_value(&mut self.buf, v);
     }

@@ -102,6 +102,16 @@ pub(crate) trait DocWriter {
     fn key_value(&mut self, k: &Key);
     /// A record, as an array element.
     fn record(&mut self, rec: &Record);
+    /// Records as consecutive array elements, into a buffer of their own
+    /// (`first`: they start the array). Stateless, so segments of one array
+    /// can be written on several threads and handed on in order.
+    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, first: bool) -> Vec<u8>;
+    /// Whether writing records costs enough to spread over cores (JSON
+    /// transcodes each record; MessagePack copies its bytes).
+    fn parallel_pays(&self) -> bool;
+    /// Notes that the innermost array got elements through
+    /// [`segment`](Self::segment).
+    fn elements_written(&mut self);
     /// Any JSON value (a table schema).
     fn json(&mut self, v: &Value);
     /// The bytes written so far, to be handed on and hashed.
