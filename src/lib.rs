@@ -31,7 +31,7 @@
 //!     BackupConfig::new(&dir)
 //!         .incremental(true)
 //!         .backup_interval(Duration::from_secs(60)),
-//! )?;
+//! ).await?;
 //!
 //! users.insert(json!({"name": "Alice"}))?;
 //! backups.backup_full().await?;           // a full backup
@@ -89,7 +89,9 @@ mod record;
 pub mod restore;
 pub mod store;
 
-pub use backup::{BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome};
+pub use backup::{
+    BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome, BackupStatus, Resumed,
+};
 pub use db::{
     Change, DictDB, Mutation, Snapshot, Table, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };

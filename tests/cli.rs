@@ -74,7 +74,9 @@ async fn make_chain() -> Chain {
     for i in 1..=5 {
         users.insert(common::workload_record(i)).unwrap();
     }
-    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true)).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
+        .await
+        .unwrap();
     let full = m.backup_full().await.unwrap();
 
     users.update(2, json!({"age": 77})).unwrap();

@@ -44,7 +44,8 @@ pub async fn run_service(
             .min_backup_interval(Duration::from_millis(100))
             .max_deltas_before_full(3)
             .on_backup_failure(|err, n| eprintln!("backup failed ({n} in a row): {err}")),
-    )?;
+    )
+    .await?;
 
     // Count what the manager reports.
     let mut events = backups.subscribe();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dictdb::store::{BackupStore, BackupWriter, LocalStore, StoredFile};
+use dictdb::store::{BackupStore, BackupWriter, LocalStore, StoredFile, WriterLock};
 use dictdb::{Error, Result};
 use tokio::sync::Semaphore;
 
@@ -23,6 +23,14 @@ pub struct Faults {
     pub rename: AtomicBool,
     /// `delete` fails.
     pub delete: AtomicBool,
+    /// `create` panics (a buggy store: kills the actor).
+    pub panic: AtomicBool,
+    /// `stat` fails.
+    pub stat: AtomicBool,
+    /// `stat` calls so far.
+    pub stats: AtomicUsize,
+    /// Writers committed so far.
+    pub commits: AtomicUsize,
     /// Writers created so far.
     pub creates: AtomicUsize,
 }
@@ -62,6 +70,7 @@ impl FaultyStore {
         f.fsync.store(false, Ordering::SeqCst);
         f.rename.store(false, Ordering::SeqCst);
         f.delete.store(false, Ordering::SeqCst);
+        f.stat.store(false, Ordering::SeqCst);
     }
 }
 
@@ -114,6 +123,7 @@ impl BackupWriter for FaultyWriter {
             self.inner.abort().await;
             return Err(injected(&self.name, "rename"));
         }
+        self.faults.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit().await
     }
 
@@ -137,6 +147,9 @@ impl BackupStore for FaultyStore {
             gate.acquire().await.expect("gate closed").forget();
         }
         self.faults.creates.fetch_add(1, Ordering::SeqCst);
+        if self.faults.panic.load(Ordering::SeqCst) {
+            panic!("injected panic in create");
+        }
         if self.faults.create.load(Ordering::SeqCst) {
             return Err(injected(name, "create"));
         }
@@ -153,10 +166,90 @@ impl BackupStore for FaultyStore {
         self.inner.read(name).await
     }
 
+    async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
+        self.faults.stats.fetch_add(1, Ordering::SeqCst);
+        if self.faults.stat.load(Ordering::SeqCst) {
+            return Err(injected(name, "stat"));
+        }
+        self.inner.stat(name).await
+    }
+
+    async fn lock_writer(&self) -> Result<Option<WriterLock>> {
+        self.inner.lock_writer().await
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         if self.faults.delete.load(Ordering::SeqCst) {
             return Err(injected(name, "delete"));
         }
+        self.inner.delete(name).await
+    }
+}
+
+/// A store whose `create` or `write` never answers (a server that accepts
+/// connections and says nothing), over a real directory for everything else.
+#[derive(Debug, Clone)]
+pub struct HangingStore {
+    inner: LocalStore,
+    /// `create` hangs (otherwise `write` does).
+    pub hang_create: bool,
+    /// Writers aborted so far.
+    pub aborts: Arc<AtomicUsize>,
+}
+
+impl HangingStore {
+    pub fn new(dir: &Path, hang_create: bool) -> HangingStore {
+        HangingStore {
+            inner: LocalStore::open(dir).unwrap(),
+            hang_create,
+            aborts: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+struct HangingWriter {
+    aborts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl BackupWriter for HangingWriter {
+    async fn write(&mut self, _chunk: Vec<u8>) -> Result<()> {
+        std::future::pending().await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        std::future::pending().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl BackupStore for HangingStore {
+    fn location(&self) -> String {
+        format!("hanging:{}", self.inner.location())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredFile>> {
+        self.inner.list().await
+    }
+
+    async fn create(&self, _name: &str) -> Result<Box<dyn BackupWriter>> {
+        if self.hang_create {
+            std::future::pending::<()>().await;
+        }
+        Ok(Box::new(HangingWriter {
+            aborts: Arc::clone(&self.aborts),
+        }))
+    }
+
+    async fn read(&self, name: &str) -> Result<Vec<u8>> {
+        self.inner.read(name).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name).await
     }
 }
