@@ -93,10 +93,10 @@ pub async fn run_service(
             let id = users.insert(
                 json!({"name": format!("user_{n}"), "batch": batch, "score": n as f64 * 0.5}),
             )?;
-            if n % 7 == 0 {
+            if n.is_multiple_of(7) {
                 users.update(id.clone(), json!({"vip": true}))?;
             }
-            if n % 11 == 0 {
+            if n.is_multiple_of(11) {
                 users.delete(id)?;
             }
             orders.upsert(json!({"order_id": format!("o-{}", n % 500), "last_batch": batch}))?;
