@@ -235,9 +235,9 @@ async fn a_base_deleted_while_the_delta_is_written_is_caught_before_the_commit()
     users.insert(json!({"n": 2})).unwrap();
     let m2 = m.clone();
     let delta = tokio::spawn(async move { m2.backup_delta().await });
-    // In flight: the first check passed (the base was there), and the delta
-    // waits on the store. The base goes between that check and the commit.
-    while !m.status().in_flight {
+    // The first check passed (the base was there), and the delta waits on
+    // the store. The base goes between that check and the commit.
+    while faults.at_gate.load(Ordering::SeqCst) < 2 {
         tokio::time::sleep(MS).await;
     }
     assert_eq!(faults.stats.load(Ordering::SeqCst), 1);

@@ -125,6 +125,7 @@ impl Actor {
         };
         // Before the task first runs, so `status()` is right at once.
         shared.status.set_chain(base.clone(), deltas_since_full);
+        shared.status.set_schedule(schedule.deadline(0), None);
         Actor {
             schedule,
             db,
@@ -346,24 +347,6 @@ impl Actor {
         }
     }
 
-    /// Whether the full backup the deltas build on is gone from the store
-    /// (a stat, not a read): says why when it is. A store that cannot
-    /// answer fails the backup (kept pending, retried with backoff) rather
-    /// than turning every retry into a full backup.
-    async fn base_gone(&self) -> Result<Option<String>> {
-        let Some(base) = self.base.as_deref() else {
-            return Ok(None);
-        };
-        let stat = tokio::select! {
-            biased;
-            e = deadline_passed(self.deadline.clone()) => Err(e),
-            r = self.store.stat(base) => r,
-        };
-        Ok(stat?.is_none().then(|| {
-            format!("the full backup {base} that the deltas build on is missing from the store")
-        }))
-    }
-
     /// A delta was due, a full backup is written instead.
     fn full_instead(&mut self, reason: String) {
         if self.base.is_none() {
@@ -399,26 +382,14 @@ impl Actor {
                 kind = BackupKind::Full;
             } else if self.pending.is_empty() {
                 return Ok(BackupOutcome::Skipped);
-            } else {
-                match self.base_gone().await {
-                    Ok(None) => {}
-                    Ok(Some(reason)) => {
-                        self.base = None;
-                        self.full_instead(reason);
-                        kind = BackupKind::Full;
-                    }
-                    Err(err) => {
-                        self.failed(kind, &err, automatic, had_notification);
-                        return Err(err);
-                    }
-                }
             }
         }
         self.shared.status.set_in_flight(true);
         let result = loop {
             match self.write(kind, snapshot, started).await {
                 Ok(Written::File(info)) => break Ok(info),
-                // Checked again right before the commit: gone meanwhile.
+                // The delta's base is gone from the store (checked before
+                // the first byte and again before the commit).
                 Ok(Written::BaseGone(reason)) => {
                     self.base = None;
                     self.full_instead(reason);
@@ -739,8 +710,11 @@ enum Produced {
 }
 
 /// Serialises on a low-priority thread and streams the chunks to the store.
-/// A delta's base is checked (a stat) between the last chunk and the
-/// commit. When the shutdown deadline in `deadline` passes, the store writer
+/// A delta's base is checked (a stat, never a read) before anything is
+/// serialised and again between the last chunk and the commit: a delta on a
+/// missing base would be reported as a success and restore to nothing. The
+/// caller keeps folding mutation events meanwhile, so a slow store cannot
+/// make it lag. When the shutdown deadline in `deadline` passes, the store writer
 /// is aborted (in the background, so a store that does not answer cannot
 /// hold the caller) and the error says so.
 async fn write_job(
@@ -755,6 +729,20 @@ async fn write_job(
     };
     let cancelled = deadline_passed(deadline);
     tokio::pin!(cancelled);
+    if let Some(base) = &base_check {
+        let stat = tokio::select! {
+            biased;
+            e = &mut cancelled => return Err(e),
+            r = store.stat(base) => r,
+        };
+        // A store that cannot answer fails the backup (retried with
+        // backoff), rather than making every retry a full backup.
+        if stat?.is_none() {
+            return Ok(Produced::BaseGone(format!(
+                "the full backup {base} that the deltas build on is missing from the store"
+            )));
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let target = name.clone();
     let producer = background(&name, move || -> Result<(u64, u64, String)> {
@@ -844,8 +832,7 @@ async fn write_job(
     };
     if let Some(base) = base_check {
         // The base may have gone while the delta was written (deleted by
-        // hand, by another manager's retention): a delta on a missing base
-        // would be reported as a success and restore to nothing.
+        // hand, by another manager's retention).
         let stat = tokio::select! {
             biased;
             e = &mut cancelled => {

@@ -33,6 +33,8 @@ pub struct Faults {
     pub commits: AtomicUsize,
     /// Writers created so far.
     pub creates: AtomicUsize,
+    /// `create` calls that reached the gate (waiting or through).
+    pub at_gate: AtomicUsize,
 }
 
 /// A store over a directory whose operations can be made to fail, and whose
@@ -144,6 +146,7 @@ impl BackupStore for FaultyStore {
 
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
         if let Some(gate) = &self.gate {
+            self.faults.at_gate.fetch_add(1, Ordering::SeqCst);
             gate.acquire().await.expect("gate closed").forget();
         }
         self.faults.creates.fetch_add(1, Ordering::SeqCst);
