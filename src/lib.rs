@@ -54,8 +54,11 @@
 //!   MessagePack, field order kept).
 //! - [`FileFormat`]: JSON in the Python layout, or MessagePack; with
 //!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
-//! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
-//!   [`BackupEvent`]s.
+//! - [`backup`]: the [`BackupManager`] actor (start, or
+//!   [`restore_or_start`](BackupManager::restore_or_start) to continue a
+//!   store's chain; [`shutdown`](BackupManager::shutdown) with a deadline),
+//!   its [`BackupConfig`] (schedule, change-count triggers, backoff),
+//!   [`BackupEvent`]s (also as a `Stream`) and [`BackupStatus`].
 //! - [`store`]: the [`BackupStore`] seam, the [`LocalStore`] directory and,
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
@@ -68,12 +71,17 @@
 //!   `restore`, `inspect`).
 //! - `object-store`: backups in object storage through the `object_store`
 //!   crate.
+//! - `metrics`: counters, histograms and a gauge of the backup manager
+//!   through the `metrics` facade crate.
 //!
 //! ## Guarantees
 //!
 //! A backup call returns `Ok` only once its file is durable; a failed backup
 //! leaves no file under a final name and keeps its changes for the next one;
-//! restore checks every checksum and every link of the chain. The README's
+//! restore checks every checksum and every link of the chain. A manager is
+//! the only writer of its directory (a lock file), never writes a delta on
+//! a full backup that is gone from its store, refuses to start behind its
+//! store, backs off after failures, and shuts down by a deadline. The README's
 //! "Guarantees" section states exactly what is and is not promised.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
