@@ -511,7 +511,15 @@ impl Actor {
         let _ = self.events.send(BackupEvent::Completed(info.clone()));
         if info.kind == BackupKind::Full {
             if let Some(keep) = self.config.keep_full_backups {
-                retention::prune(&*self.store, keep, &self.events).await;
+                // Past a shutdown deadline the backup is what matters: the
+                // pruning is done by the next manager.
+                tokio::select! {
+                    biased;
+                    _ = deadline_passed(self.deadline.clone()) => {
+                        warn!("retention cut short by the shutdown deadline");
+                    }
+                    () = retention::prune(&*self.store, keep, &self.events) => {}
+                }
             }
         }
     }

@@ -193,6 +193,11 @@ impl BackupManager {
     /// [`restore_or_start`](Self::restore_or_start), or opt in with
     /// [`BackupConfig::allow_store_ahead`]), or the error of reading that
     /// store's chain.
+    ///
+    /// The lock is held until the actor ends: [`stop`](Self::stop) and
+    /// [`shutdown`](Self::shutdown) return once it is released; after
+    /// dropping every handle instead, the actor ends (and releases it) on
+    /// its next turn.
     pub async fn start(db: &DictDB, config: BackupConfig) -> Result<BackupManager> {
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
         let store = config.open()?;
