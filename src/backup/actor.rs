@@ -737,15 +737,24 @@ async fn write_job(
     };
     let cancelled = deadline_passed(deadline);
     tokio::pin!(cancelled);
+    // A store that cannot answer the check fails the backup (retried with
+    // backoff) rather than making every retry a full backup. The error
+    // names the file being written, like every other failure of it.
+    let unchecked = |base: &str, e: Error| {
+        Error::Store {
+        path: format!("{}/{name}", store.location()),
+        message: format!(
+            "could not check that the full backup {base} this delta builds on is still in the store: {e}"
+        ),
+    }
+    };
     if let Some(base) = &base_check {
         let stat = tokio::select! {
             biased;
             e = &mut cancelled => return Err(e),
             r = store.stat(base) => r,
         };
-        // A store that cannot answer fails the backup (retried with
-        // backoff), rather than making every retry a full backup.
-        if stat?.is_none() {
+        if stat.map_err(|e| unchecked(base, e))?.is_none() {
             return Ok(Produced::BaseGone(format!(
                 "the full backup {base} that the deltas build on is missing from the store"
             )));
@@ -860,7 +869,7 @@ async fn write_job(
             // Nothing is committed: a plain failure, retried later.
             Err(e) => {
                 writer.abort().await;
-                return Err(e);
+                return Err(unchecked(&base, e));
             }
         }
     }
