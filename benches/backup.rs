@@ -57,6 +57,7 @@ fn incremental_manager(
                 .incremental(true)
                 .max_deltas_before_full(max_deltas),
         )
+        .await
     })
     .expect("manager")
 }
@@ -81,7 +82,7 @@ fn backups(c: &mut Criterion) {
         let dir = tmp.path().join(label);
         let m = rt
             .block_on(async {
-                BackupManager::start(&db, BackupConfig::new(&dir).file_format(format))
+                BackupManager::start(&db, BackupConfig::new(&dir).file_format(format)).await
             })
             .expect("manager");
         group.bench_function(label, |b| {

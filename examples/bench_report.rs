@@ -159,13 +159,14 @@ impl Changes {
 
 /// An incremental manager that writes deltas only when asked (its periodic
 /// backups never come during a run).
-fn incremental_manager(db: &DictDB, dir: &Path) -> BackupManager {
+async fn incremental_manager(db: &DictDB, dir: &Path) -> BackupManager {
     BackupManager::start(
         db,
         BackupConfig::new(dir)
             .incremental(true)
             .max_deltas_before_full(1000),
     )
+    .await
     .expect("backup manager")
 }
 
@@ -237,7 +238,9 @@ async fn main() {
         let db = DictDB::new();
         let users = db.create_table("users").unwrap();
         let dir = fresh_dir(&args.dir, &format!("managed-{rep}"));
-        let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true)).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
+            .await
+            .unwrap();
         let el = insert_all(&users, n);
         managed.push(n as f64 / el.as_secs_f64());
         m.stop().await.unwrap();
@@ -263,7 +266,9 @@ async fn main() {
         (FileFormat::MessagePack, "msgpack"),
     ] {
         let dir = fresh_dir(&args.dir, &format!("full-{key}"));
-        let m = BackupManager::start(&db, BackupConfig::new(&dir).file_format(format)).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(&dir).file_format(format))
+            .await
+            .unwrap();
         let (mut times, mut limits, mut bytes) = (Vec::new(), Vec::new(), 0);
         for _ in 0..reps {
             limits.push(limit_write(
@@ -287,7 +292,9 @@ async fn main() {
     // --- writer stalls while a full backup runs ----------------------------
     {
         let dir = fresh_dir(&args.dir, "stall");
-        let m = BackupManager::start(&db, BackupConfig::new(&dir)).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(&dir))
+            .await
+            .unwrap();
         let (mut maxes, mut p99s, mut counts) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             let running = Arc::new(AtomicBool::new(true));
@@ -328,9 +335,10 @@ async fn main() {
     // --- deltas after 1% changes -------------------------------------------
     {
         let dir = fresh_dir(&args.dir, "delta");
-        let m = incremental_manager(&db, &dir);
-        let full = m.backup_full().await.unwrap();
-        std::fs::remove_file(dir.join(&full.file)).unwrap();
+        let m = incremental_manager(&db, &dir).await;
+        // The full backup stays: deltas are only written on a base that
+        // is still in the store (otherwise they become full backups).
+        m.backup_full().await.unwrap();
         let (mut times, mut bytes) = (Vec::new(), 0);
         for rep in 0..reps {
             changes.apply(&users, rep);
@@ -347,7 +355,7 @@ async fn main() {
     // --- restore: JSON full backup plus 10 deltas of 1% ---------------------
     {
         let dir = fresh_dir(&args.dir, "restore");
-        let m = incremental_manager(&db, &dir);
+        let m = incremental_manager(&db, &dir).await;
         let full = m.backup_full().await.unwrap();
         for round in 0..10 {
             changes.apply(&users, 100 + round);

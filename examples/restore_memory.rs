@@ -51,6 +51,7 @@ async fn write_chain(dir: &Path, records: i64, deltas: usize) -> u64 {
             .incremental(true)
             .max_deltas_before_full(u32::MAX),
     )
+    .await
     .unwrap();
     let full = m.backup_full().await.unwrap();
     let mut largest = 0;

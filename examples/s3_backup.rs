@@ -15,9 +15,11 @@
 //! For about five seconds, writers insert, update and delete records while
 //! an incremental `BackupManager` writes a delta every 250 ms and a full
 //! backup after every three deltas; after each batch the service calls
-//! `notify_change()`. On shutdown it writes a last full backup, stops the
-//! manager, restores from the bucket with `Restore::new(store).run()` and
-//! checks that the restored state equals the live one (exit status 1 if not).
+//! `notify_change()`. It starts from the bucket's newest backup chain
+//! (`restore_or_start`, so it can run again on the same prefix). On shutdown
+//! it writes a last full backup within a deadline, restores from the bucket
+//! with `Restore::new(store).run()` and checks that the restored state
+//! equals the live one (exit status 1 if not).
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 
 use dictdb::restore::Restore;
 use dictdb::store::{open_url, BackupStore};
-use dictdb::{BackupConfig, DictDB};
+use dictdb::BackupConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,8 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store: Arc<dyn BackupStore> = open_url(&url)?;
     let before = store.list().await?.len();
 
-    let db = DictDB::new();
-    let report = workload::run_service(&db, BackupConfig::with_store(Arc::clone(&store))).await?;
+    let (db, report) = workload::run_service(BackupConfig::with_store(Arc::clone(&store))).await?;
     let after = store.list().await?.len();
     println!(
         "wrote {} full backups and {} deltas ({} failures) to {}; \

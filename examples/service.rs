@@ -7,14 +7,15 @@
 //! For about five seconds, writer tasks insert, update and delete records
 //! while an incremental `BackupManager` writes a delta every 250 ms and a full
 //! backup after every three deltas; after each batch the service calls
-//! `notify_change()`. On shutdown it writes a last full backup, stops the
-//! manager, restores the backup directory and checks that the restored state
-//! equals the live one.
+//! `notify_change()`. It starts from the directory's newest backup chain
+//! (`restore_or_start`, so it can run again on the same directory). On
+//! shutdown it writes a last full backup within a deadline, restores the
+//! backup directory and checks that the restored state equals the live one.
 
 #[path = "support/workload.rs"]
 mod workload;
 
-use dictdb::{restore_dir, BackupConfig, DictDB};
+use dictdb::{restore_dir, BackupConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,8 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "./backups".into());
 
-    let db = DictDB::new();
-    let report = workload::run_service(&db, BackupConfig::new(&dir)).await?;
+    let (db, report) = workload::run_service(BackupConfig::new(&dir)).await?;
     println!(
         "wrote {} full backups and {} deltas ({} failures); last: {} ({} records, {} bytes)",
         report.full,

@@ -164,6 +164,64 @@ pub enum Error {
         /// What the store reported.
         message: String,
     },
+    /// A backup manager was started on a store that holds a newer backup
+    /// than its database (a higher sequence number, or any full backup while
+    /// the database holds no record): its backups would bury the newer ones
+    /// (and retention would delete them). Restore first
+    /// (`BackupManager::restore_or_start`), or opt in with
+    /// `BackupConfig::allow_store_ahead(true)`.
+    #[error(
+        "backup store {store} is ahead of the database: its newest backup {newest} is at sequence {}, the database at {db_seq}; \
+         restore it first (BackupManager::restore_or_start) or opt in with BackupConfig::allow_store_ahead(true)",
+        store_seq.map_or_else(|| "unknown (written by the Python original)".to_string(), |s| s.to_string())
+    )]
+    StoreAhead {
+        /// The store.
+        store: String,
+        /// The newest backup file of the store's newest chain.
+        newest: String,
+        /// Its sequence number, when it records one.
+        store_seq: Option<u64>,
+        /// The database's sequence number.
+        db_seq: u64,
+    },
+
+    /// Another backup manager (in this process or another) holds the
+    /// store's single-writer lock.
+    #[error("backup store {location} is locked by {holder}: only one backup manager may write to a store")]
+    Locked {
+        /// The store (a directory).
+        location: String,
+        /// Who holds the lock, as far as the lock file tells.
+        holder: String,
+    },
+
+    /// `BackupManager::shutdown` ran out of time: the backup in flight was
+    /// aborted, and the final full backup was not written (or not confirmed).
+    #[error("shutdown deadline of {timeout:?} passed: {detail}")]
+    ShutdownDeadline {
+        /// The timeout given to `shutdown`.
+        timeout: std::time::Duration,
+        /// What was cut short.
+        detail: String,
+    },
+
+    /// The backup manager's actor panicked (a bug, or a panicking
+    /// `BackupStore`); it is no longer running.
+    #[error("the backup manager's actor panicked: {0}")]
+    ManagerPanicked(String),
+
+    /// A record that cannot be converted to or from the requested Rust type
+    /// (`Table::insert_as`, `Table::get_as`).
+    #[error("record {key} of table `{table}` does not convert to the requested type: {message}")]
+    RecordType {
+        /// The table.
+        table: String,
+        /// The record's key (`?` when the record had none yet).
+        key: String,
+        /// What serde reported.
+        message: String,
+    },
 }
 
 impl Error {
@@ -264,6 +322,35 @@ impl Clone for Error {
             Error::ManagerStopped => Error::ManagerStopped,
             Error::Store { path, message } => Error::Store {
                 path: path.clone(),
+                message: message.clone(),
+            },
+            Error::StoreAhead {
+                store,
+                newest,
+                store_seq,
+                db_seq,
+            } => Error::StoreAhead {
+                store: store.clone(),
+                newest: newest.clone(),
+                store_seq: *store_seq,
+                db_seq: *db_seq,
+            },
+            Error::Locked { location, holder } => Error::Locked {
+                location: location.clone(),
+                holder: holder.clone(),
+            },
+            Error::ShutdownDeadline { timeout, detail } => Error::ShutdownDeadline {
+                timeout: *timeout,
+                detail: detail.clone(),
+            },
+            Error::ManagerPanicked(s) => Error::ManagerPanicked(s.clone()),
+            Error::RecordType {
+                table,
+                key,
+                message,
+            } => Error::RecordType {
+                table: table.clone(),
+                key: key.clone(),
                 message: message.clone(),
             },
         }

@@ -31,7 +31,7 @@
 //!     BackupConfig::new(&dir)
 //!         .incremental(true)
 //!         .backup_interval(Duration::from_secs(60)),
-//! )?;
+//! ).await?;
 //!
 //! users.insert(json!({"name": "Alice"}))?;
 //! backups.backup_full().await?;           // a full backup
@@ -54,9 +54,13 @@
 //!   MessagePack, field order kept).
 //! - [`FileFormat`]: JSON in the Python layout, or MessagePack; with
 //!   [`DictDB::save`], [`DictDB::load`] and [`apply_delta`].
-//! - [`backup`]: the [`BackupManager`] actor, its [`BackupConfig`] and
-//!   [`BackupEvent`]s; [`backup::retention`]: the [`RetentionPolicy`] that
-//!   prunes old backups, and its [`RetentionPlan`].
+//! - [`backup`]: the [`BackupManager`] actor (start, or
+//!   [`restore_or_start`](BackupManager::restore_or_start) to continue a
+//!   store's chain; [`shutdown`](BackupManager::shutdown) with a deadline),
+//!   its [`BackupConfig`] (schedule, change-count triggers, backoff),
+//!   [`BackupEvent`]s (also as a `Stream`) and [`BackupStatus`];
+//!   [`backup::retention`]: the [`RetentionPolicy`] that prunes old backups,
+//!   and its [`RetentionPlan`].
 //! - [`store`]: the [`BackupStore`] seam, the [`LocalStore`] directory and,
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
@@ -69,12 +73,17 @@
 //!   `restore`, `inspect`).
 //! - `object-store`: backups in object storage through the `object_store`
 //!   crate.
+//! - `metrics`: counters, histograms and a gauge of the backup manager
+//!   through the `metrics` facade crate.
 //!
 //! ## Guarantees
 //!
 //! A backup call returns `Ok` only once its file is durable; a failed backup
 //! leaves no file under a final name and keeps its changes for the next one;
-//! restore checks every checksum and every link of the chain. The README's
+//! restore checks every checksum and every link of the chain. A manager is
+//! the only writer of its directory (a lock file), never writes a delta on
+//! a full backup that is gone from its store, refuses to start behind its
+//! store, backs off after failures, and shuts down by a deadline. The README's
 //! "Guarantees" section states exactly what is and is not promised.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -90,8 +99,8 @@ pub mod restore;
 pub mod store;
 
 pub use backup::{
-    BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome, RetentionPlan,
-    RetentionPolicy,
+    BackupConfig, BackupEvent, BackupInfo, BackupManager, BackupOutcome, BackupStatus, Resumed,
+    RetentionPlan, RetentionPolicy,
 };
 pub use db::{
     apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,

@@ -119,6 +119,7 @@ async fn a_bucket_lists_verifies_restores_diffs_and_prunes() {
         &db,
         BackupConfig::with_store(Arc::clone(&store)).incremental(true),
     )
+    .await
     .unwrap();
     let mut infos = Vec::new();
     for (i, full) in [true, false, true, false].into_iter().enumerate() {

@@ -125,6 +125,7 @@ async fn a_full_backup_copied_under_a_newer_name_is_detected() {
                 .file_format(format)
                 .incremental(true),
         )
+        .await
         .unwrap();
         let full = m.backup_full().await.unwrap().file;
         t.insert(json!({"v": 2})).unwrap();
@@ -502,6 +503,7 @@ async fn records_as_deep_as_insert_accepts_verify_plan_and_restore_alike() {
             &db,
             BackupConfig::with_store(store.clone()).file_format(format),
         )
+        .await
         .unwrap();
         let file = m.backup_full().await.unwrap().file;
         m.stop().await.unwrap();
@@ -532,7 +534,9 @@ async fn json_body_helpers_round_trip() {
         .unwrap()
         .insert(json!({"a": 1}))
         .unwrap();
-    let m = BackupManager::start(&db, BackupConfig::with_store(store.clone())).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::with_store(store.clone()))
+        .await
+        .unwrap();
     let file = m.backup_full().await.unwrap().file;
     m.stop().await.unwrap();
     let original = store.get(&file).unwrap();
@@ -579,7 +583,9 @@ async fn files_of_the_previous_release_still_restore_and_verify() {
         // A manager started on it continues with files of the new version,
         // and the mixed directory restores.
         let db = r.db;
-        let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true)).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
+            .await
+            .unwrap();
         db.table("users")
             .unwrap()
             .insert(json!({"new": true}))

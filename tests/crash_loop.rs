@@ -90,6 +90,7 @@ async fn child(dir: PathBuf) {
             .min_backup_interval(Duration::from_millis(5))
             .max_deltas_before_full(4),
     )
+    .await
     .unwrap();
     // Every completed backup is logged, durably, once it is durable itself.
     let mut events = m.subscribe();

@@ -298,6 +298,7 @@ async fn auto_keys_survive_restore_dir_of_backup_manager_full_backup() {
                 .file_format(format)
                 .backup_interval(Duration::from_secs(3600)),
         )
+        .await
         .unwrap();
         m.backup_full().await.unwrap();
         m.stop().await.unwrap();

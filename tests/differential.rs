@@ -33,6 +33,7 @@ async fn written_chain(format: FileFormat) -> Vec<(String, Vec<u8>)> {
             .file_format(format)
             .incremental(true),
     )
+    .await
     .unwrap();
     m.backup_full().await.unwrap();
     users.update(1, json!({"age": 3})).unwrap();

@@ -33,6 +33,7 @@ async fn small_chain(format: FileFormat) -> (Arc<MemStore>, String, String) {
             .file_format(format)
             .incremental(true),
     )
+    .await
     .unwrap();
     let full = m.backup_full().await.unwrap().file;
     users.update(1, json!({"age": 3})).unwrap();

@@ -203,7 +203,7 @@ proptest! {
                     .max_deltas_before_full(3)
                     .backup_interval(Duration::from_secs(3600))
                     .min_backup_interval(Duration::from_secs(2)),
-            )
+            ).await
             .unwrap();
             let mut events = m.subscribe();
             // (backup cut, model state at that cut)

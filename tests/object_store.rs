@@ -154,6 +154,7 @@ async fn full_and_incremental_backups_restore_from_the_bucket() {
             .backup_interval(Duration::from_secs(3600))
             .max_deltas_before_full(10),
     )
+    .await
     .unwrap();
 
     for i in 0..100 {
@@ -230,6 +231,7 @@ async fn retention_keeps_the_newest_full_backups_in_the_bucket() {
             .backup_interval(Duration::from_secs(3600))
             .keep_full_backups(2),
     )
+    .await
     .unwrap();
     let mut fulls = Vec::new();
     for round in 0..4 {
@@ -267,7 +269,9 @@ async fn a_large_backup_is_a_multipart_upload_of_several_parts() {
     users
         .insert_many((0..200_000).map(common::workload_record))
         .unwrap();
-    let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store))).unwrap();
+    let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store)))
+        .await
+        .unwrap();
     let started = Instant::now();
     let info = backups.backup_full().await.unwrap();
     eprintln!(
@@ -585,6 +589,7 @@ async fn a_server_killed_mid_upload_fails_the_backup_and_a_later_one_succeeds() 
             .backup_interval(Duration::from_secs(3600))
             .on_backup_failure(move |_, n| seen.store(u64::from(n), Ordering::SeqCst)),
     )
+    .await
     .unwrap();
     backups.backup_full().await.unwrap();
 
@@ -653,6 +658,7 @@ async fn dictdb_backup_lists_verifies_and_restores_a_bucket() {
         &db,
         BackupConfig::with_store(Arc::clone(&store)).incremental(true),
     )
+    .await
     .unwrap();
     t.insert(json!({"name": "a"})).unwrap();
     m.backup_full().await.unwrap();

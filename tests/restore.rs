@@ -27,7 +27,9 @@ fn name_time(file: &str) -> std::time::SystemTime {
 async fn chain(dir: &Path) -> (DictDB, Vec<String>, Vec<State>, Vec<u64>) {
     let db = DictDB::new();
     let users = db.create_table("users").unwrap();
-    let m = BackupManager::start(&db, BackupConfig::new(dir).incremental(true)).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(dir).incremental(true))
+        .await
+        .unwrap();
     let mut files = Vec::new();
     let mut states = Vec::new();
     let mut seqs = Vec::new();
@@ -255,7 +257,9 @@ async fn damaged_newest_full_fails_or_falls_back_when_lenient() {
     let tmp = tempfile::tempdir().unwrap();
     let (db, _files, _, _) = chain(tmp.path()).await;
     let older = common::table_map(&db);
-    let m = BackupManager::start(&db, BackupConfig::new(tmp.path())).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(tmp.path()))
+        .await
+        .unwrap();
     db.table("users")
         .unwrap()
         .insert(json!({"late": true}))
@@ -294,8 +298,9 @@ async fn restored_database_continues_the_chain_with_a_new_manager() {
     let (db, _, _, _) = chain(tmp.path()).await;
     let r = restore_dir(tmp.path()).await.unwrap();
     let restored = r.db;
-    let m =
-        BackupManager::start(&restored, BackupConfig::new(tmp.path()).incremental(true)).unwrap();
+    let m = BackupManager::start(&restored, BackupConfig::new(tmp.path()).incremental(true))
+        .await
+        .unwrap();
     let users = restored.table("users").unwrap();
     let k = users.insert(json!({"after": "restore"})).unwrap();
     assert_eq!(
@@ -328,6 +333,7 @@ async fn retention_keeps_every_needed_file() {
             .max_deltas_before_full(2)
             .keep_full_backups(2),
     )
+    .await
     .unwrap();
     let mut events = m.subscribe();
     for i in 0..12 {
@@ -366,6 +372,7 @@ async fn retention_failure_is_reported_not_fatal() {
         &db,
         BackupConfig::with_store(Arc::new(store)).keep_full_backups(1),
     )
+    .await
     .unwrap();
     let mut events = m.subscribe();
     for i in 0..3 {
@@ -427,7 +434,7 @@ proptest! {
             let tmp = tempfile::tempdir().unwrap();
             let db = DictDB::new();
             let format = if msgpack { dictdb::FileFormat::MessagePack } else { dictdb::FileFormat::Json };
-            let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true).file_format(format)).unwrap();
+            let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true).file_format(format)).await.unwrap();
             let tables = ["a", "b", "c"];
             db.create_table("a").unwrap();
             let mut at_last_backup = None;

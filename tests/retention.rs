@@ -970,6 +970,7 @@ async fn a_manager_prunes_with_its_policy_after_each_full_backup() {
             .max_deltas_before_full(2)
             .retention(RetentionPolicy::default().keep_daily(1)),
     )
+    .await
     .unwrap();
     let mut events = m.subscribe();
     let mut fulls = Vec::new();
@@ -1009,6 +1010,7 @@ async fn a_manager_prunes_with_its_policy_after_each_full_backup() {
         BackupConfig::new(tmp.path())
             .retention(RetentionPolicy::default().keep_within(Duration::from_secs(3600))),
     )
+    .await
     .unwrap();
     for _ in 0..3 {
         m.backup_full().await.unwrap();
@@ -1023,8 +1025,9 @@ async fn keep_full_backups_is_keep_last() {
     for (n, left) in [(0, 3), (2, 2)] {
         let tmp = tempfile::tempdir().unwrap();
         let db = DictDB::new();
-        let m =
-            BackupManager::start(&db, BackupConfig::new(tmp.path()).keep_full_backups(n)).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).keep_full_backups(n))
+            .await
+            .unwrap();
         for _ in 0..3 {
             m.backup_full().await.unwrap();
         }

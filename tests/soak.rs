@@ -33,6 +33,7 @@ async fn writers_at_full_speed_with_frequent_backups() {
             .max_deltas_before_full(8)
             .keep_full_backups(3),
     )
+    .await
     .unwrap();
     let mut events = m.subscribe();
     let stats = tokio::spawn(async move {

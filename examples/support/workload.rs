@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use dictdb::{BackupConfig, BackupEvent, BackupInfo, BackupKind, BackupManager, DictDB};
+use dictdb::{
+    BackupConfig, BackupEvent, BackupInfo, BackupKind, BackupManager, DictDB, Error, Table,
+};
 use serde_json::json;
 use tokio::time::{interval, Instant};
 
@@ -25,26 +27,42 @@ pub fn init_logging() {
         .init();
 }
 
-/// Runs the service on `db` for about five seconds: batches of 50 inserts
-/// (some updated, some deleted) and upserts every 20 ms, `notify_change()`
-/// after each batch, an incremental manager writing a delta every 250 ms
-/// and a full backup after every three deltas. On shutdown: a last full
-/// backup, then `stop()`.
+/// The table `name`, created (with key field `key`) if the store held none.
+fn table(db: &DictDB, name: &str, key: &str) -> dictdb::Result<Table> {
+    match db.table(name) {
+        Err(Error::TableNotFound(_)) => db.create_table_with_key(name, key),
+        other => other,
+    }
+}
+
+/// Runs the service for about five seconds, on the database restored from
+/// the store (empty on the first run): batches of 50 inserts (some updated,
+/// some deleted) and upserts every 20 ms, `notify_change()` after each
+/// batch, an incremental manager writing a delta every 250 ms and a full
+/// backup after every three deltas. On shutdown: a last full backup and the
+/// end of the manager (`shutdown` with a deadline). Returns the database.
 pub async fn run_service(
-    db: &DictDB,
     config: BackupConfig,
-) -> Result<Report, Box<dyn std::error::Error>> {
-    let users = db.create_table("users")?;
-    let orders = db.create_table_with_key("orders", "order_id")?;
-    let backups = BackupManager::start(
-        db,
+) -> Result<(DictDB, Report), Box<dyn std::error::Error>> {
+    let started = BackupManager::restore_or_start(
         config
             .incremental(true)
             .backup_interval(Duration::from_millis(250))
             .min_backup_interval(Duration::from_millis(100))
             .max_deltas_before_full(3)
             .on_backup_failure(|err, n| eprintln!("backup failed ({n} in a row): {err}")),
-    )?;
+    )
+    .await?;
+    let (db, backups) = (started.db, started.manager);
+    if let Some(r) = &started.restored {
+        println!(
+            "restored {} files (sequence {:?}) from an earlier run",
+            r.applied.len(),
+            r.seq
+        );
+    }
+    let users = table(&db, "users", "id")?;
+    let orders = table(&db, "orders", "order_id")?;
 
     // Count what the manager reports.
     let mut events = backups.subscribe();
@@ -75,10 +93,10 @@ pub async fn run_service(
             let id = users.insert(
                 json!({"name": format!("user_{n}"), "batch": batch, "score": n as f64 * 0.5}),
             )?;
-            if n % 7 == 0 {
+            if n.is_multiple_of(7) {
                 users.update(id.clone(), json!({"vip": true}))?;
             }
-            if n % 11 == 0 {
+            if n.is_multiple_of(11) {
                 users.delete(id)?;
             }
             orders.upsert(json!({"order_id": format!("o-{}", n % 500), "last_batch": batch}))?;
@@ -86,18 +104,19 @@ pub async fn run_service(
         backups.notify_change();
     }
 
-    // Shutdown: a last full backup, then stop the actor.
-    let last = backups.backup_full().await?;
-    backups.stop().await?;
-    // The event stream ends when the last handle is gone.
-    drop(backups);
+    // Shutdown: a last full backup, then the end of the actor (and of the
+    // event stream), within a deadline.
+    let last = backups.shutdown(Duration::from_secs(30)).await?;
     let (full, delta, failed) = counter.await?;
-    Ok(Report {
-        last,
-        full,
-        delta,
-        failed,
-    })
+    Ok((
+        db,
+        Report {
+            last,
+            full,
+            delta,
+            failed,
+        },
+    ))
 }
 
 /// Whether two databases hold the same tables, key fields and records.

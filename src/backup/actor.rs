@@ -1,24 +1,27 @@
 //! The actor task: the only writer of backup files.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant as WallInstant;
+use std::time::{Instant as WallInstant, SystemTime};
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
-use tracing::{error, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::config::BackupConfig;
-use super::debounce::Debounce;
 use super::pending::Pending;
-use super::{retention, BackupEvent, BackupInfo, BackupOutcome, Command, Request, Shared};
+use super::schedule::Schedule;
+use super::status::{LastBackup, LastFailure};
+use super::{
+    retention, telemetry, BackupEvent, BackupInfo, BackupOutcome, Command, Deadline, Request,
+    Resume, Shared,
+};
 use crate::db::{DictDB, Mutation, Snapshot};
 use crate::error::{Error, Result};
 use crate::format::{self, Doc, FileFormat, Link};
 use crate::naming::{BackupKind, BackupName, Namer};
-use crate::store::BackupStore;
+use crate::store::{BackupStore, WriterLock};
 
 /// Events drained per turn at most, so commands and timers are never starved
 /// by a writer that never pauses.
@@ -30,65 +33,124 @@ const BUSY_BATCH: usize = 16;
 /// How long the actor leaves events to queue up when writers are busy.
 const FOLD_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Everything the actor is made of, handed over by `BackupManager`.
+pub(crate) struct Parts {
+    pub(crate) db: DictDB,
+    pub(crate) store: Arc<dyn BackupStore>,
+    pub(crate) config: BackupConfig,
+    pub(crate) rx: mpsc::Receiver<Command>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) events: broadcast::Sender<BackupEvent>,
+    pub(crate) deadline: watch::Receiver<Deadline>,
+    pub(crate) lock: Option<WriterLock>,
+    pub(crate) resume: Option<Resume>,
+}
+
 pub(crate) struct Actor {
     db: DictDB,
     store: Arc<dyn BackupStore>,
     config: BackupConfig,
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
+    /// Held for the actor's lifetime: one writer per store. Declared
+    /// before `events` so it is released before subscribers see the end.
+    _lock: Option<WriterLock>,
+    /// The only strong sender: the event stream ends with the actor.
+    events: broadcast::Sender<BackupEvent>,
+    /// The shutdown deadline, once `shutdown` sets one.
+    deadline: watch::Receiver<Deadline>,
     mutations: broadcast::Receiver<Mutation>,
     /// Changes after the last successful backup's cut.
     pending: Pending,
+    /// Changes of the window being written, while a backup is in flight.
+    in_flight_changes: u64,
     /// An event read past a cut while draining, for the next window.
     carry: Option<Mutation>,
     /// Events are left to queue until then (writers are busy).
     fold_pause: Option<Instant>,
-    debounce: Debounce,
+    schedule: Schedule,
     namer: Namer,
     /// The full backup the current chain of deltas builds on.
     base: Option<String>,
     /// Why the next backup must be full, when it must.
     force_full: Option<&'static str>,
-    next_periodic: Instant,
     deltas_since_full: u32,
     consecutive_failures: u32,
 }
 
+/// How the loop ended, and who to tell.
+enum Ending {
+    Stop(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<Result<BackupInfo>>, Result<BackupInfo>),
+}
+
+/// What one write produced.
+enum Written {
+    /// The file is durable.
+    File(BackupInfo),
+    /// The delta was not committed: its base is gone from the store (why).
+    BaseGone(String),
+}
+
 impl Actor {
-    pub(crate) fn new(
-        db: DictDB,
-        store: Arc<dyn BackupStore>,
-        config: BackupConfig,
-        rx: mpsc::Receiver<Command>,
-        shared: Arc<Shared>,
-    ) -> Actor {
+    pub(crate) fn new(parts: Parts) -> Actor {
+        let Parts {
+            db,
+            store,
+            config,
+            rx,
+            shared,
+            events,
+            deadline,
+            lock,
+            resume,
+        } = parts;
         // Subscribe and read the sequence number under the database lock, so
         // the first window starts exactly where the stream does.
         let (seq, mutations) = {
             let st = db.lock();
             (st.seq, db.subscribe())
         };
+        let schedule = Schedule::new(
+            Instant::now(),
+            config.backup_interval,
+            config.min_backup_interval,
+            config.retry_cap(),
+            config.rules.clone(),
+        );
+        let (base, deltas_since_full) = match resume {
+            Some(r) => (Some(r.base), r.deltas),
+            None => (None, 0),
+        };
+        // Before the task first runs, so `status()` is right at once.
+        shared.status.set_chain(base.clone(), deltas_since_full);
+        shared.status.set_schedule(schedule.deadline(0), None);
         Actor {
-            next_periodic: Instant::now() + config.backup_interval,
-            debounce: Debounce::new(config.min_backup_interval),
+            schedule,
             db,
             store,
             config,
             rx,
             shared,
+            events,
+            deadline,
+            _lock: lock,
             mutations,
             pending: Pending::new(seq),
+            in_flight_changes: 0,
             carry: None,
             fold_pause: None,
             namer: Namer::default(),
-            base: None,
+            base,
             force_full: None,
-            deltas_since_full: 0,
+            deltas_since_full,
             consecutive_failures: 0,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        // Marks the status as ended however the task ends, a panic included.
+        let _ended = EndGuard(Arc::clone(&self.shared));
         // New names must sort after every file already there, whatever the
         // wall clock says.
         if let Ok(files) = self.store.list().await {
@@ -109,54 +171,77 @@ impl Actor {
             Ok(_) => {}
             Err(e) => warn!(cause = %e, "could not look for leftover temporary files"),
         }
-        let mut stop_reply: Option<oneshot::Sender<()>> = None;
+        let mut ending = None;
         loop {
-            let deadline = self.next_deadline();
+            let deadline = self.schedule.deadline(self.pending.events);
+            self.shared
+                .status
+                .set_schedule(deadline, self.schedule.backing_off_until());
             tokio::select! {
                 biased;
                 cmd = self.rx.recv() => match cmd {
                     // Every handle is gone.
                     None => break,
                     Some(Command::Stop { reply }) => {
-                        stop_reply = Some(reply);
+                        ending = Some(Ending::Stop(reply));
+                        break;
+                    }
+                    Some(Command::Shutdown { reply }) => {
+                        let result = self.final_backup().await;
+                        ending = Some(Ending::Shutdown(reply, result));
                         break;
                     }
                     Some(Command::Backup { request, reply }) => {
-                        let result = self.backup(request).await;
+                        let result = self.backup(request, false).await;
                         let _ = reply.send(result);
                     }
                 },
-                () = self.shared.notify.notified() => self.debounce.notify(),
+                () = self.shared.notify.notified() => self.schedule.notify(Instant::now()),
                 () = sleep_until(deadline) => self.on_timer().await,
                 () = Self::fold_pause_end(self.fold_pause), if self.fold_pause.is_some() => self.fold_pause = None,
                 first = self.mutations.recv(), if self.fold_pause.is_none() => self.on_mutations(first),
             }
         }
         info!(store = %self.store.location(), "backup manager stopped");
+        let shared = Arc::clone(&self.shared);
+        // Releases the store lock and closes the event stream before anyone
+        // is told the actor has ended.
         drop(self);
-        if let Some(reply) = stop_reply {
-            let _ = reply.send(());
-        }
-    }
-
-    fn next_deadline(&self) -> Instant {
-        match self.debounce.deadline() {
-            Some(d) if d < self.next_periodic => d,
-            _ => self.next_periodic,
+        shared.status.ended();
+        match ending {
+            Some(Ending::Stop(reply)) => {
+                let _ = reply.send(());
+            }
+            Some(Ending::Shutdown(reply, result)) => {
+                let _ = reply.send(result);
+            }
+            None => {}
         }
     }
 
     async fn on_timer(&mut self) {
         let now = Instant::now();
-        if self.next_periodic <= now {
-            while self.next_periodic <= now {
-                self.next_periodic += self.config.backup_interval;
-            }
-        } else if self.debounce.deadline().is_none_or(|d| d > now) {
-            return;
+        if self.schedule.fire(now, self.pending.events) {
+            // Errors are reported through the event stream and the callback.
+            let _ = self.backup(Request::Now, true).await;
         }
-        // Errors are reported through the event stream and the callback.
-        let _ = self.backup(Request::Now).await;
+    }
+
+    /// The final full backup of `shutdown`, unless its deadline has passed.
+    async fn final_backup(&mut self) -> Result<BackupInfo> {
+        let deadline = *self.deadline.borrow();
+        if let Some((at, timeout)) = deadline {
+            if Instant::now() >= at {
+                return Err(Error::ShutdownDeadline {
+                    timeout,
+                    detail: "no time was left for the final full backup".into(),
+                });
+            }
+        }
+        match self.backup(Request::Full, false).await? {
+            BackupOutcome::Written(info) => Ok(info),
+            BackupOutcome::Skipped => Err(Error::ManagerStopped),
+        }
     }
 
     /// Folds the event just received and every one already waiting; when
@@ -192,6 +277,14 @@ impl Actor {
         if emptied && folded >= BUSY_BATCH {
             self.fold_pause = Some(Instant::now() + FOLD_PAUSE);
         }
+        self.publish_pending();
+    }
+
+    /// Changes no completed file holds, for `status()` and the gauge.
+    fn publish_pending(&self) {
+        let n = self.pending.events + self.in_flight_changes;
+        self.shared.status.set_pending(n);
+        telemetry::pending(n);
     }
 
     /// Sleeps until the fold pause ends (forever when there is none: the
@@ -209,7 +302,7 @@ impl Actor {
             "mutation stream lagged; the next backup will be full"
         );
         self.pending.mark_incomplete();
-        let _ = self.shared.events.send(BackupEvent::Lagged { missed });
+        let _ = self.events.send(BackupEvent::Lagged { missed });
     }
 
     /// Folds every event up to the cut `seq`. All of them are already in the
@@ -253,9 +346,21 @@ impl Actor {
         }
     }
 
-    async fn backup(&mut self, request: Request) -> Result<BackupOutcome> {
-        let had_notification = self.debounce.is_pending();
-        self.debounce.backup_started(Instant::now());
+    /// A delta was due, a full backup is written instead.
+    fn full_instead(&mut self, reason: String) {
+        if self.base.is_none() {
+            debug!(%reason, "writing a full backup instead of a delta");
+        } else {
+            warn!(%reason, "writing a full backup instead of a delta");
+        }
+        let _ = self.events.send(BackupEvent::FullInsteadOfDelta { reason });
+    }
+
+    /// One backup. `automatic`: the schedule asked for it (not a caller).
+    async fn backup(&mut self, request: Request, automatic: bool) -> Result<BackupOutcome> {
+        let now = Instant::now();
+        let had_notification = self.schedule.notification_pending();
+        self.schedule.started(now);
         let mut kind = match request {
             Request::Full => BackupKind::Full,
             Request::Delta => BackupKind::Delta,
@@ -268,28 +373,41 @@ impl Actor {
             Request::Now => BackupKind::Full,
         };
         let started = WallInstant::now();
-        let snapshot = self.db.snapshot();
+        let mut snapshot = self.db.snapshot();
         self.drain_to(snapshot.seq());
         if kind == BackupKind::Delta {
             if let Some(reason) = self.full_reason() {
-                info!(reason, "writing a full backup instead of a delta");
-                let _ = self
-                    .shared
-                    .events
-                    .send(BackupEvent::FullInsteadOfDelta { reason });
+                self.full_instead(reason.to_string());
                 kind = BackupKind::Full;
             } else if self.pending.is_empty() {
                 return Ok(BackupOutcome::Skipped);
             }
         }
-        let result = self.write(kind, snapshot, started).await;
+        self.shared.status.set_in_flight(true);
+        let result = loop {
+            match self.write(kind, snapshot, started).await {
+                Ok(Written::File(info)) => break Ok(info),
+                // The delta's base is gone from the store (checked before
+                // the first byte and again before the commit).
+                Ok(Written::BaseGone(reason)) => {
+                    self.base = None;
+                    self.full_instead(reason);
+                    kind = BackupKind::Full;
+                    snapshot = self.db.snapshot();
+                    self.drain_to(snapshot.seq());
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        self.shared.status.set_in_flight(false);
+        self.publish_pending();
         match result {
             Ok(info) => {
-                self.succeeded(&info).await;
+                self.succeeded(&info, now).await;
                 Ok(BackupOutcome::Written(info))
             }
             Err(err) => {
-                self.failed(kind, &err, had_notification);
+                self.failed(kind, &err, automatic, had_notification);
                 Err(err)
             }
         }
@@ -302,12 +420,13 @@ impl Actor {
         kind: BackupKind,
         snapshot: Snapshot,
         started: WallInstant,
-    ) -> Result<BackupInfo> {
+    ) -> Result<Written> {
         let seq = snapshot.seq();
         let old = Arc::new(std::mem::replace(&mut self.pending, Pending::new(seq)));
         if let Some(m) = self.carry.take() {
             self.pending.fold(m);
         }
+        self.in_flight_changes = old.events;
         let format = self.config.file_format;
         let name = self.namer.next(kind, format).to_string();
         let from_seq = (kind == BackupKind::Delta).then_some(old.base_seq);
@@ -321,7 +440,7 @@ impl Actor {
         };
         let store = Arc::clone(&self.store);
         let span = tracing::info_span!("backup", %kind, file = %name, seq);
-        let fut = write_job(store, name.clone(), job).instrument(span);
+        let fut = write_job(store, name.clone(), job, self.deadline.clone()).instrument(span);
         tokio::pin!(fut);
         let result = loop {
             tokio::select! {
@@ -331,8 +450,9 @@ impl Actor {
                 first = self.mutations.recv(), if self.fold_pause.is_none() => self.on_mutations(first),
             }
         };
+        self.in_flight_changes = 0;
         match result {
-            Ok((records, bytes, checksum)) => Ok(BackupInfo {
+            Ok(Produced::File(records, bytes, checksum)) => Ok(Written::File(BackupInfo {
                 kind,
                 file: name,
                 seq,
@@ -341,7 +461,12 @@ impl Actor {
                 bytes,
                 duration: started.elapsed(),
                 checksum,
-            }),
+            })),
+            Ok(Produced::BaseGone(reason)) => {
+                let newer = std::mem::replace(&mut self.pending, Arc::unwrap_or_clone(old));
+                self.pending.absorb(newer);
+                Ok(Written::BaseGone(reason))
+            }
             Err(e) => {
                 let newer = std::mem::replace(&mut self.pending, Arc::unwrap_or_clone(old));
                 self.pending.absorb(newer);
@@ -350,7 +475,7 @@ impl Actor {
         }
     }
 
-    async fn succeeded(&mut self, info: &BackupInfo) {
+    async fn succeeded(&mut self, info: &BackupInfo, started: Instant) {
         self.consecutive_failures = 0;
         match info.kind {
             BackupKind::Full => {
@@ -360,11 +485,19 @@ impl Actor {
             }
             BackupKind::Delta => self.deltas_since_full += 1,
         }
-        self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+        self.schedule.succeeded(started);
+        self.shared.status.succeeded(LastBackup {
+            at: SystemTime::now(),
+            kind: info.kind,
+            file: info.file.clone(),
+            seq: info.seq,
+        });
         self.shared
-            .deltas_since_full
-            .store(self.deltas_since_full, Ordering::Relaxed);
-        info!(
+            .status
+            .set_chain(self.base.clone(), self.deltas_since_full);
+        // One line per backup is noise at INFO for a service backing up
+        // every few seconds: completions are DEBUG, failures WARN/ERROR.
+        debug!(
             kind = %info.kind,
             file = %info.file,
             seq = info.seq,
@@ -373,41 +506,105 @@ impl Actor {
             elapsed_ms = info.duration.as_secs_f64() * 1e3,
             "backup written"
         );
-        let _ = self
-            .shared
-            .events
-            .send(BackupEvent::Completed(info.clone()));
+        telemetry::written(info);
+        let _ = self.events.send(BackupEvent::Completed(info.clone()));
         if info.kind == BackupKind::Full {
             if let Some(policy) = &self.config.retention {
                 // The wall clock is read here, never inside retention.
                 let now = std::time::SystemTime::now();
-                retention::prune(&*self.store, policy, now, &self.shared.events).await;
+                // Past a shutdown deadline the backup is what matters: the
+                // pruning is done by the next manager.
+                tokio::select! {
+                    biased;
+                    _ = deadline_passed(self.deadline.clone()) => {
+                        warn!("retention cut short by the shutdown deadline");
+                    }
+                    () = retention::prune(&*self.store, policy, now, &self.events) => {}
+                }
             }
         }
     }
 
-    fn failed(&mut self, kind: BackupKind, err: &Error, had_notification: bool) {
+    fn failed(&mut self, kind: BackupKind, err: &Error, automatic: bool, had_notification: bool) {
         self.consecutive_failures += 1;
         let n = self.consecutive_failures;
-        self.shared.consecutive_failures.store(n, Ordering::Relaxed);
         if err.is_durability_unknown() {
             // A file that may or may not exist cannot be built on: the next
             // backup starts a new chain.
             self.force_full =
                 Some("the last backup's commit failed, so whether its file exists is unknown");
         }
-        self.debounce.backup_failed(had_notification);
-        error!(%kind, cause = %err, consecutive_failures = n, "backup failed");
+        let retry_in = self.schedule.failed(
+            Instant::now(),
+            automatic,
+            had_notification,
+            self.pending.events,
+        );
+        error!(
+            %kind,
+            cause = %err,
+            consecutive_failures = n,
+            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+            "backup failed"
+        );
         if let Some(cb) = &self.config.on_backup_failure {
             if catch_unwind(AssertUnwindSafe(|| cb(err, n))).is_err() {
                 error!("the backup failure callback panicked");
             }
         }
-        let _ = self.shared.events.send(BackupEvent::Failed {
+        self.shared.status.failed(
+            LastFailure {
+                at: SystemTime::now(),
+                kind,
+                error: err.clone(),
+            },
+            n,
+        );
+        telemetry::failed(kind);
+        let _ = self.events.send(BackupEvent::Failed {
             kind,
             error: err.clone(),
             consecutive_failures: n,
+            retry_in,
         });
+    }
+}
+
+/// Marks the status as ended when dropped.
+struct EndGuard(Arc<Shared>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.status.ended();
+    }
+}
+
+/// Completes when the shutdown deadline passes (never, if none is ever
+/// set), with the error to report.
+async fn deadline_passed(mut rx: watch::Receiver<Deadline>) -> Error {
+    loop {
+        let current = *rx.borrow_and_update();
+        match current {
+            Some((at, timeout)) => {
+                tokio::select! {
+                    () = sleep_until(at) => {
+                        return Error::ShutdownDeadline {
+                            timeout,
+                            detail: "the backup being written was aborted".into(),
+                        };
+                    }
+                    // An earlier deadline was set: look again.
+                    changed = rx.changed() => if changed.is_err() {
+                        sleep_until(at).await;
+                    },
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }
 
@@ -512,13 +709,58 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
+/// What [`write_job`] produced.
+enum Produced {
+    /// Committed: (records or changes, bytes, checksum).
+    File(u64, u64, String),
+    /// A delta whose base full backup is gone from the store (or could not
+    /// be confirmed) right before the commit: aborted, nothing committed.
+    BaseGone(String),
+}
+
 /// Serialises on a low-priority thread and streams the chunks to the store.
-/// Returns (records or changes, bytes, checksum).
+/// A delta's base is checked (a stat, never a read) before anything is
+/// serialised and again between the last chunk and the commit: a delta on a
+/// missing base would be reported as a success and restore to nothing. The
+/// caller keeps folding mutation events meanwhile, so a slow store cannot
+/// make it lag. When the shutdown deadline in `deadline` passes, the store writer
+/// is aborted (in the background, so a store that does not answer cannot
+/// hold the caller) and the error says so.
 async fn write_job(
     store: Arc<dyn BackupStore>,
     name: String,
     job: Job,
-) -> Result<(u64, u64, String)> {
+    deadline: watch::Receiver<Deadline>,
+) -> Result<Produced> {
+    let base_check = match job.kind {
+        BackupKind::Delta => job.base.clone(),
+        BackupKind::Full => None,
+    };
+    let cancelled = deadline_passed(deadline);
+    tokio::pin!(cancelled);
+    // A store that cannot answer the check fails the backup (retried with
+    // backoff) rather than making every retry a full backup. The error
+    // names the file being written, like every other failure of it.
+    let unchecked = |base: &str, e: Error| {
+        Error::Store {
+        path: format!("{}/{name}", store.location()),
+        message: format!(
+            "could not check that the full backup {base} this delta builds on is still in the store: {e}"
+        ),
+    }
+    };
+    if let Some(base) = &base_check {
+        let stat = tokio::select! {
+            biased;
+            e = &mut cancelled => return Err(e),
+            r = store.stat(base) => r,
+        };
+        if stat.map_err(|e| unchecked(base, e))?.is_none() {
+            return Ok(Produced::BaseGone(format!(
+                "the full backup {base} that the deltas build on is missing from the store"
+            )));
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let target = name.clone();
     let producer = background(&name, move || -> Result<(u64, u64, String)> {
@@ -569,23 +811,46 @@ async fn write_job(
         };
         Ok((written.records, written.bytes, written.checksum))
     });
-    let mut writer = match store.create(&name).await {
+    let created = tokio::select! {
+        biased;
+        e = &mut cancelled => Err(e),
+        w = store.create(&name) => w,
+    };
+    let mut writer = match created {
         Ok(w) => w,
         Err(e) => {
             drop(rx);
-            let _ = producer.await;
+            if !matches!(e, Error::ShutdownDeadline { .. }) {
+                let _ = producer.await;
+            }
             return Err(e);
         }
     };
     let mut write_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(chunk).await {
+    let cancel = loop {
+        let chunk = tokio::select! {
+            biased;
+            e = &mut cancelled => break Some(e),
+            c = rx.recv() => c,
+        };
+        let Some(chunk) = chunk else { break None };
+        let written = tokio::select! {
+            biased;
+            e = &mut cancelled => break Some(e),
+            r = writer.write(chunk) => r,
+        };
+        if let Err(e) = written {
             write_error = Some(e);
-            break;
+            break None;
         }
-    }
+    };
     // Unblocks the producer if the store failed first.
     drop(rx);
+    if let Some(e) = cancel {
+        // The serialisation thread ends on its own at its next chunk.
+        tokio::spawn(writer.abort());
+        return Err(e);
+    }
     let produced = producer.await;
     let produced = match (write_error, produced) {
         (Some(e), _) | (None, Err(e)) | (None, Ok(Err(e))) => {
@@ -594,10 +859,43 @@ async fn write_job(
         }
         (None, Ok(Ok(p))) => p,
     };
-    writer.commit().await.map_err(|e| {
+    if let Some(base) = base_check {
+        // The base may have gone while the delta was written (deleted by
+        // hand, by another manager's retention).
+        let stat = tokio::select! {
+            biased;
+            e = &mut cancelled => {
+                tokio::spawn(writer.abort());
+                return Err(e);
+            }
+            r = store.stat(&base) => r,
+        };
+        match stat {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                writer.abort().await;
+                return Ok(Produced::BaseGone(format!(
+                    "the full backup {base} that this delta builds on disappeared from the store while the delta was written"
+                )));
+            }
+            // Nothing is committed: a plain failure, retried later.
+            Err(e) => {
+                writer.abort().await;
+                return Err(unchecked(&base, e));
+            }
+        }
+    }
+    let committed = tokio::select! {
+        biased;
+        e = &mut cancelled => Err(e),
+        r = writer.commit() => r,
+    };
+    committed.map_err(|e| {
         // The store may have made the file durable and visible before the
-        // error reached us (an object store answer lost on the way back).
+        // error reached us (an object store answer lost on the way back),
+        // or the deadline cut the commit short.
         Error::CommitUncertain(Box::new(e))
     })?;
-    Ok(produced)
+    let (records, bytes, checksum) = produced;
+    Ok(Produced::File(records, bytes, checksum))
 }

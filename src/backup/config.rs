@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::retention::RetentionPolicy;
+use super::triggers::Rule;
 use crate::error::{Error, Result};
 use crate::format::FileFormat;
 use crate::store::{BackupStore, LocalStore};
@@ -49,6 +50,9 @@ pub struct BackupConfig {
     pub(crate) incremental: bool,
     pub(crate) max_deltas_before_full: u32,
     pub(crate) retention: Option<RetentionPolicy>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) max_retry_interval: Option<Duration>,
+    pub(crate) allow_store_ahead: bool,
 }
 
 impl fmt::Debug for BackupConfig {
@@ -66,6 +70,9 @@ impl fmt::Debug for BackupConfig {
             .field("incremental", &self.incremental)
             .field("max_deltas_before_full", &self.max_deltas_before_full)
             .field("retention", &self.retention)
+            .field("backup_after", &self.rules)
+            .field("max_retry_interval", &self.retry_cap())
+            .field("allow_store_ahead", &self.allow_store_ahead)
             .finish()
     }
 }
@@ -91,6 +98,9 @@ impl BackupConfig {
             incremental: false,
             max_deltas_before_full: 10,
             retention: None,
+            rules: Vec::new(),
+            max_retry_interval: None,
+            allow_store_ahead: false,
         }
     }
 
@@ -179,6 +189,63 @@ impl BackupConfig {
         self.retention(RetentionPolicy::default().keep_last(n))
     }
 
+    /// Change-count trigger, Redis-style (`save <seconds> <changes>`): back
+    /// up once at least `changes` changes were made since the last backup
+    /// AND at least `within` has passed since that backup started (since
+    /// the manager started, before its first backup). Any number of rules
+    /// may be given; the first one satisfied fires. A change is one
+    /// committed mutation (a record inserted, updated or deleted, a table
+    /// created or dropped), counted by the manager from the mutation stream:
+    /// no [`notify_change`](crate::BackupManager::notify_change) needed.
+    ///
+    /// Like notifications, a triggered backup never starts within
+    /// `min_backup_interval` of the previous attempt. Redis's defaults read
+    /// `.backup_after(1, 3600 s).backup_after(100, 300 s).backup_after(10_000, 60 s)`.
+    /// Default: no rule. `changes` must be at least 1.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dictdb::BackupConfig;
+    ///
+    /// let config = BackupConfig::new("./backups")
+    ///     .backup_after(1, Duration::from_secs(900))      // save 900 1
+    ///     .backup_after(10_000, Duration::from_secs(60)); // save 60 10000
+    /// ```
+    #[must_use]
+    pub fn backup_after(mut self, changes: u64, within: Duration) -> Self {
+        self.rules.push(Rule { changes, within });
+        self
+    }
+
+    /// The longest wait between automatic attempts after failures. After
+    /// the n-th failure in a row, automatic backups (periodic, notified,
+    /// triggered, retries) wait `min_backup_interval * 2^(n-1)`, capped at
+    /// this; a success resets the wait. Asked-for backups (`backup_now`,
+    /// `backup_full`, ...) never wait. Default: `backup_interval`. Must not
+    /// be zero.
+    #[must_use]
+    pub fn max_retry_interval(mut self, interval: Duration) -> Self {
+        self.max_retry_interval = Some(interval);
+        self
+    }
+
+    /// Lets the manager start although its store holds a newer backup than
+    /// the database (a higher sequence number, or a full backup while the
+    /// database holds no record). Its backups then bury the newer ones:
+    /// restore picks the newest full backup, which will be this manager's,
+    /// and `keep_full_backups` deletes the older chains. Default: false, and
+    /// [`BackupManager::start`](crate::BackupManager::start) fails with
+    /// [`Error::StoreAhead`].
+    #[must_use]
+    pub fn allow_store_ahead(mut self, allow: bool) -> Self {
+        self.allow_store_ahead = allow;
+        self
+    }
+
+    pub(crate) fn retry_cap(&self) -> Duration {
+        self.max_retry_interval.unwrap_or(self.backup_interval)
+    }
+
     /// Checks the options and opens the store.
     pub(crate) fn open(&self) -> Result<Arc<dyn BackupStore>> {
         if self.backup_interval.is_zero() {
@@ -189,6 +256,16 @@ impl BackupConfig {
         if self.max_deltas_before_full == 0 {
             return Err(Error::Config(
                 "max_deltas_before_full must be at least 1".into(),
+            ));
+        }
+        if self.rules.iter().any(|r| r.changes == 0) {
+            return Err(Error::Config(
+                "backup_after needs at least 1 change (use backup_interval for time alone)".into(),
+            ));
+        }
+        if self.max_retry_interval == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "max_retry_interval must be greater than zero".into(),
             ));
         }
         Ok(match &self.target {

@@ -61,6 +61,11 @@ pub enum BackupEvent {
         error: Error,
         /// Failures in a row, this one included.
         consecutive_failures: u32,
+        /// When the manager tries again on its own (the backoff: the
+        /// minimum backup interval, doubled after each failure in a row, up
+        /// to `max_retry_interval`); `None` when nothing is scheduled until
+        /// the next periodic backup or request.
+        retry_in: Option<Duration>,
     },
     /// The manager missed mutation events (the database's broadcast channel
     /// overflowed); the next backup will be a full one, so no delta with a
@@ -69,15 +74,24 @@ pub enum BackupEvent {
         /// Events missed.
         missed: u64,
     },
-    /// A delta was requested but a full backup is written instead.
+    /// A delta was requested but a full backup is written instead (no full
+    /// backup yet, missed events, an uncertain commit, or the full backup
+    /// the deltas build on is gone from the store).
     FullInsteadOfDelta {
         /// Why.
-        reason: &'static str,
+        reason: String,
     },
     /// Retention deleted files of older chains.
     Pruned {
         /// Deleted file names.
         files: Vec<String>,
+    },
+    /// This subscriber of [`crate::BackupManager::events`] fell behind and
+    /// missed the `missed` oldest events (the manager itself missed
+    /// nothing).
+    SubscriberLagged {
+        /// Events this subscriber missed.
+        missed: u64,
     },
     /// Retention could not delete a file (not fatal: it is tried again
     /// after the next full backup).

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use imbl::ordmap::DiffItem;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Change, DictDB, State, TableState};
@@ -359,6 +361,177 @@ impl Table {
                 Ok(Upsert::Inserted(key))
             }
         })
+    }
+
+    /// Replaces the whole record with this key: fields absent from
+    /// `record` are removed (unlike [`update`](Self::update) and
+    /// [`upsert`](Self::upsert), which merge). A record without the key
+    /// field gets it (as its last field); one with a different key is
+    /// refused with [`Error::PrimaryKeyChange`], a missing record with
+    /// [`Error::RecordNotFound`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dictdb::DictDB;
+    /// use serde_json::json;
+    ///
+    /// let users = DictDB::new().create_table("users")?;
+    /// let id = users.insert(json!({"name": "Alice", "nickname": "Al"}))?;
+    /// users.replace(id.clone(), json!({"name": "Alice"}))?;
+    /// assert_eq!(users.get(id)?.unwrap(), json!({"name": "Alice", "id": 1}));
+    /// # Ok::<(), dictdb::Error>(())
+    /// ```
+    pub fn replace(&self, key: impl Into<Key>, record: Value) -> Result<()> {
+        let key = key.into();
+        let (pending, _) = self.replacement(&key, as_object(record)?)?;
+        self.write(|t, publish| {
+            if !t.records.contains_key(&key) {
+                return Err(self.not_found(&key));
+            }
+            let rec = pending.finish(None);
+            t.records.insert(key.clone(), rec.clone());
+            publish(Change::Update { key, record: rec });
+            Ok(())
+        })
+    }
+
+    fn not_found(&self, key: &Key) -> Error {
+        Error::RecordNotFound {
+            table: self.name.to_string(),
+            key: key.clone(),
+        }
+    }
+
+    /// Encodes a whole new version of the record `key` (its key field added
+    /// when missing, refused when different); returns it as JSON too.
+    fn replacement(
+        &self,
+        key: &Key,
+        mut map: Map<String, Value>,
+    ) -> Result<(PendingRecord, Value)> {
+        self.check_patch(key, &map)?;
+        if !map.contains_key(&*self.pk) {
+            map.insert(self.pk.to_string(), key.to_json());
+        }
+        let value = Value::Object(map);
+        Ok((PendingRecord::new(&value, &self.pk)?, value))
+    }
+
+    /// Atomic read-modify-write of one record: `f` gets the current record
+    /// and changes it in place; the result replaces the record whole (so `f`
+    /// may remove fields) and is returned. Changing the key field is refused
+    /// ([`Error::PrimaryKeyChange`]); removing it keeps the key.
+    ///
+    /// `f` never runs under the database lock (it may read the database):
+    /// if another writer changes the record between the read and the write,
+    /// nothing is written and `f` runs again on the new version. So `f` may
+    /// run more than once, and should have no side effects that matter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dictdb::DictDB;
+    /// use serde_json::json;
+    ///
+    /// let counters = DictDB::new().create_table_with_key("counters", "name")?;
+    /// counters.insert(json!({"name": "hits", "n": 41}))?;
+    /// let new = counters.update_with("hits", |rec| {
+    ///     let n = rec["n"].as_i64().unwrap_or(0);
+    ///     rec.insert("n".into(), json!(n + 1));
+    /// })?;
+    /// assert_eq!(new["n"], 42);
+    /// # Ok::<(), dictdb::Error>(())
+    /// ```
+    pub fn update_with<F>(&self, key: impl Into<Key>, mut f: F) -> Result<Value>
+    where
+        F: FnMut(&mut Map<String, Value>),
+    {
+        let key = key.into();
+        for round in 0u32.. {
+            if round >= 8 {
+                // Others keep winning: give them the CPU, then try again.
+                std::thread::yield_now();
+            }
+            let seen = {
+                let st = self.db.lock();
+                self.state(&st)?.records.get(&key).cloned()
+            }
+            .ok_or_else(|| self.not_found(&key))?;
+            let mut map = match seen.to_value() {
+                Value::Object(m) => m,
+                other => return Err(Error::NotAnObject(json_type_name(&other))),
+            };
+            f(&mut map);
+            record::check_fields(&map)?;
+            let (pending, value) = self.replacement(&key, map)?;
+            let applied = self.write(|t, publish| match t.records.get(&key) {
+                None => Err(self.not_found(&key)),
+                // Someone else wrote it meanwhile: run `f` again.
+                Some(now) if *now != seen => Ok(false),
+                Some(_) => {
+                    let rec = pending.finish(None);
+                    t.records.insert(key.clone(), rec.clone());
+                    publish(Change::Update {
+                        key: key.clone(),
+                        record: rec,
+                    });
+                    Ok(true)
+                }
+            })?;
+            if applied {
+                return Ok(value);
+            }
+        }
+        // `0u32..` ends only after u32::MAX rounds of losing every race.
+        Err(Error::InvalidRecord(format!(
+            "record {key} of table `{}` changed on every attempt of update_with",
+            self.name
+        )))
+    }
+
+    /// Inserts a value of any type that serialises to a JSON object (a
+    /// struct, a map), like [`insert`](Self::insert). A value that does not
+    /// serialise, or not to an object, is an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dictdb::DictDB;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// struct User { id: u64, name: String }
+    ///
+    /// let users = DictDB::new().create_table("users")?;
+    /// users.insert_as(&User { id: 7, name: "Alice".into() })?;
+    /// let alice: Option<User> = users.get_as(7)?;
+    /// assert_eq!(alice, Some(User { id: 7, name: "Alice".into() }));
+    /// # Ok::<(), dictdb::Error>(())
+    /// ```
+    pub fn insert_as<T: Serialize + ?Sized>(&self, record: &T) -> Result<Key> {
+        let value = serde_json::to_value(record).map_err(|e| Error::RecordType {
+            table: self.name.to_string(),
+            key: "?".into(),
+            message: e.to_string(),
+        })?;
+        self.insert(value)
+    }
+
+    /// The record with this key converted to `T` (`None`: no such record).
+    /// A record that does not convert is [`Error::RecordType`], naming it.
+    pub fn get_as<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Result<Option<T>> {
+        let key = key.into();
+        match self.get(key.clone())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| Error::RecordType {
+                    table: self.name.to_string(),
+                    key: key.to_string(),
+                    message: e.to_string(),
+                }),
+        }
     }
 
     /// Deletes the record with this key; returns whether there was one.

@@ -894,7 +894,7 @@ impl DocWriter for JsonWriter {
         let _ = write_record(&mut self.buf, rec.as_msgpack());
     }
 
-    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, first: bool) -> Vec<u8> {
+    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, first: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(super::checksum::CHUNK);
         let mut first = first;
         for rec in records {

@@ -385,7 +385,7 @@ impl DocWriter for MsgpackWriter {
         self.buf.extend_from_slice(rec.as_msgpack());
     }
 
-    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, _first: bool) -> Vec<u8> {
+    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, _first: bool) -> Vec<u8> {
         let mut out = Vec::new();
         for rec in records {
             out.extend_from_slice(rec.as_msgpack());

@@ -105,7 +105,7 @@ pub(crate) trait DocWriter {
     /// Records as consecutive array elements, into a buffer of their own
     /// (`first`: they start the array). Stateless, so segments of one array
     /// can be written on several threads and handed on in order.
-    fn segment<'a>(&self, records: &mut dyn Iterator<Item = &'a Record>, first: bool) -> Vec<u8>;
+    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, first: bool) -> Vec<u8>;
     /// Whether writing records costs enough to spread over cores (JSON
     /// transcodes each record; MessagePack copies its bytes).
     fn parallel_pays(&self) -> bool;

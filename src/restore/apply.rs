@@ -71,8 +71,11 @@ impl Drop for Ahead {
 /// so the memory one delta frees is reused by the next.
 struct Applier {
     db: DictDB,
-    tx: Option<std::sync::mpsc::Sender<(ChangeSet, String, oneshot::Sender<Result<usize>>)>>,
+    tx: Option<std::sync::mpsc::Sender<ApplyJob>>,
 }
+
+/// A change set to apply, the file it came from, and where the answer goes.
+type ApplyJob = (ChangeSet, String, oneshot::Sender<Result<usize>>);
 
 impl Applier {
     fn new(db: DictDB) -> Applier {

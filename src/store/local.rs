@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tempfile::NamedTempFile;
 
-use super::{check_name, BackupStore, BackupWriter, FileReader, StoredFile};
+use super::{check_name, BackupStore, BackupWriter, FileReader, StoredFile, WriterLock, LOCK_FILE};
 use crate::error::{Error, Result};
 
 /// Prefix of temporary files; never one of ours or the original's names.
@@ -228,7 +228,7 @@ impl BackupStore for LocalStore {
             for entry in fs::read_dir(&*dir).map_err(|e| Error::io(dir.display(), e))? {
                 let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with(TMP_PREFIX) {
+                if name.starts_with(TMP_PREFIX) || name == LOCK_FILE {
                     continue;
                 }
                 let meta = entry
@@ -277,6 +277,26 @@ impl BackupStore for LocalStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
+        let path = self.path(name)?;
+        let name = name.to_string();
+        blocking(move || match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(StoredFile {
+                name,
+                size: meta.len(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path.display(), e)),
+        })
+        .await
+    }
+
+    async fn lock_writer(&self) -> Result<Option<WriterLock>> {
+        let dir = Arc::clone(&self.dir);
+        blocking(move || WriterLock::lock_dir(&dir).map(Some)).await
     }
 
     async fn remove_leftovers(&self) -> Result<Vec<String>> {

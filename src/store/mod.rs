@@ -7,6 +7,7 @@
 //! Tests plug in stores that fail on demand the same way.
 
 pub(crate) mod local;
+mod lock;
 #[cfg(feature = "object-store")]
 mod object;
 
@@ -17,6 +18,8 @@ use std::ops::Range;
 use async_trait::async_trait;
 
 pub use local::LocalStore;
+pub use lock::WriterLock;
+pub(crate) use lock::LOCK_FILE;
 #[cfg(feature = "object-store")]
 pub use object::{open_url, open_url_with, ObjectBackupStore, ObjectStoreOptions, MIN_PART_SIZE};
 
@@ -77,6 +80,29 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
             path: name.to_string(),
             message: e.to_string(),
         })?
+    }
+
+    /// The file `name` if it exists (`None` if it does not), without reading
+    /// it: a metadata call on a directory, a `HEAD` request on object
+    /// storage. A backup manager calls it before writing a delta and again
+    /// before committing it, to make sure the full backup the delta builds
+    /// on is still there.
+    ///
+    /// The default lists the whole store; implementations should override it.
+    async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
+        check_name(name)?;
+        Ok(self.list().await?.into_iter().find(|f| f.name == name))
+    }
+
+    /// Takes the store's single-writer lock, held until the returned guard
+    /// is dropped: a backup manager holds it for its lifetime, so a second
+    /// manager on the same store fails to start ([`Error::Locked`]).
+    ///
+    /// `Ok(None)` means the store cannot detect a second writer (the
+    /// default, and object storage); a store that can but finds the lock
+    /// taken returns [`Error::Locked`].
+    async fn lock_writer(&self) -> Result<Option<WriterLock>> {
+        Ok(None)
     }
 
     /// Deletes a file. Deleting a file that does not exist is not an error.

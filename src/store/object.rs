@@ -31,7 +31,7 @@ use object_store::{
 };
 use tracing::warn;
 
-use super::{check_name, BackupStore, BackupWriter, FileReader, LocalStore, StoredFile};
+use super::{check_name, BackupStore, BackupWriter, FileReader, LocalStore, StoredFile, LOCK_FILE};
 use crate::error::{Error, Result};
 
 /// The smallest part S3 accepts for every part but the last.
@@ -249,7 +249,7 @@ impl ObjectStoreOptions {
 ///     Arc::new(ObjectBackupStore::new(Arc::new(InMemory::new()), "backups"));
 /// let db = DictDB::new();
 /// db.create_table("users")?.insert(serde_json::json!({"name": "Alice"}))?;
-/// let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store)))?;
+/// let backups = BackupManager::start(&db, BackupConfig::with_store(Arc::clone(&store))).await?;
 /// backups.backup_full().await?;
 /// backups.stop().await?;
 /// assert_eq!(store.list().await?.len(), 1);
@@ -561,6 +561,7 @@ impl BackupStore for ObjectBackupStore {
                 let name = rest.next()?.as_ref().to_string();
                 if rest.next().is_some()
                     || name.starts_with(LOCAL_TMP_PREFIX)
+                    || name == LOCK_FILE
                     || check_name(&name).is_err()
                 {
                     return None;
@@ -625,6 +626,18 @@ impl BackupStore for ObjectBackupStore {
             .await
             .map_err(|e| self.error(name, &e))?;
         Ok(Vec::from(bytes))
+    }
+
+    async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
+        let path = self.object(name)?;
+        match self.inner.head(&path).await {
+            Ok(meta) => Ok(Some(StoredFile {
+                name: name.to_string(),
+                size: meta.size,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(name, &e)),
+        }
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

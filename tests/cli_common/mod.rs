@@ -94,7 +94,9 @@ pub async fn make_chain() -> Chain {
     for i in 1..=5 {
         users.insert(crate::common::workload_record(i)).unwrap();
     }
-    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true)).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
+        .await
+        .unwrap();
     let full = m.backup_full().await.unwrap();
 
     users.update(2, json!({"age": 77})).unwrap();
@@ -138,7 +140,9 @@ pub async fn make_two_chains() -> TwoChains {
     let dir = tmp.path().join("backups");
     let db = DictDB::new();
     let t = db.create_table("items").unwrap();
-    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true)).unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
+        .await
+        .unwrap();
     let mut files = Vec::new();
     for (i, full) in [true, false, true, false, false].into_iter().enumerate() {
         t.insert(json!({"n": i, "note": format!("step {i} {MARKER}")}))

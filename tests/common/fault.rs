@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dictdb::store::{BackupStore, BackupWriter, LocalStore, StoredFile};
+use dictdb::store::{BackupStore, BackupWriter, LocalStore, StoredFile, WriterLock};
 use dictdb::{Error, Result};
 use tokio::sync::Semaphore;
 
@@ -23,8 +23,18 @@ pub struct Faults {
     pub rename: AtomicBool,
     /// `delete` fails.
     pub delete: AtomicBool,
+    /// `create` panics (a buggy store: kills the actor).
+    pub panic: AtomicBool,
+    /// `stat` fails.
+    pub stat: AtomicBool,
+    /// `stat` calls so far.
+    pub stats: AtomicUsize,
+    /// Writers committed so far.
+    pub commits: AtomicUsize,
     /// Writers created so far.
     pub creates: AtomicUsize,
+    /// `create` calls that reached the gate (waiting or through).
+    pub at_gate: AtomicUsize,
 }
 
 /// A store over a directory whose operations can be made to fail, and whose
@@ -62,6 +72,7 @@ impl FaultyStore {
         f.fsync.store(false, Ordering::SeqCst);
         f.rename.store(false, Ordering::SeqCst);
         f.delete.store(false, Ordering::SeqCst);
+        f.stat.store(false, Ordering::SeqCst);
     }
 }
 
@@ -114,6 +125,7 @@ impl BackupWriter for FaultyWriter {
             self.inner.abort().await;
             return Err(injected(&self.name, "rename"));
         }
+        self.faults.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit().await
     }
 
@@ -134,9 +146,13 @@ impl BackupStore for FaultyStore {
 
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
         if let Some(gate) = &self.gate {
+            self.faults.at_gate.fetch_add(1, Ordering::SeqCst);
             gate.acquire().await.expect("gate closed").forget();
         }
         self.faults.creates.fetch_add(1, Ordering::SeqCst);
+        if self.faults.panic.load(Ordering::SeqCst) {
+            panic!("injected panic in create");
+        }
         if self.faults.create.load(Ordering::SeqCst) {
             return Err(injected(name, "create"));
         }
@@ -157,10 +173,94 @@ impl BackupStore for FaultyStore {
         self.inner.read_range(name, range).await
     }
 
+    async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
+        self.faults.stats.fetch_add(1, Ordering::SeqCst);
+        if self.faults.stat.load(Ordering::SeqCst) {
+            return Err(injected(name, "stat"));
+        }
+        self.inner.stat(name).await
+    }
+
+    async fn lock_writer(&self) -> Result<Option<WriterLock>> {
+        self.inner.lock_writer().await
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         if self.faults.delete.load(Ordering::SeqCst) {
             return Err(injected(name, "delete"));
         }
+        self.inner.delete(name).await
+    }
+}
+
+/// A store whose `create` or `write` never answers (a server that accepts
+/// connections and says nothing), over a real directory for everything else.
+#[derive(Debug, Clone)]
+pub struct HangingStore {
+    inner: LocalStore,
+    /// `create` hangs (otherwise `write` does).
+    pub hang_create: bool,
+    /// Writers aborted so far.
+    pub aborts: Arc<AtomicUsize>,
+}
+
+impl HangingStore {
+    pub fn new(dir: &Path, hang_create: bool) -> HangingStore {
+        HangingStore {
+            inner: LocalStore::open(dir).unwrap(),
+            hang_create,
+            aborts: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+struct HangingWriter {
+    aborts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl BackupWriter for HangingWriter {
+    async fn write(&mut self, _chunk: Vec<u8>) -> Result<()> {
+        std::future::pending().await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        std::future::pending().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl BackupStore for HangingStore {
+    fn location(&self) -> String {
+        format!("hanging:{}", self.inner.location())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredFile>> {
+        self.inner.list().await
+    }
+
+    async fn create(&self, _name: &str) -> Result<Box<dyn BackupWriter>> {
+        if self.hang_create {
+            std::future::pending::<()>().await;
+        }
+        Ok(Box::new(HangingWriter {
+            aborts: Arc::clone(&self.aborts),
+        }))
+    }
+
+    async fn open(&self, name: &str) -> Result<dictdb::store::FileReader> {
+        self.inner.open(name).await
+    }
+
+    async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.inner.read_range(name, range).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name).await
     }
 }

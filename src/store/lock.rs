@@ -1,0 +1,117 @@
+//! The single-writer lock of a backup directory.
+//!
+//! Two managers writing to one directory interleave their chains, and each
+//! one's retention deletes the other's files. A manager therefore holds an
+//! advisory lock (`flock` on Unix, `LockFileEx` on Windows, through
+//! `std::fs::File::try_lock`) on a file in the directory for its whole
+//! lifetime. The kernel releases it when the process dies, however it dies,
+//! so a crashed writer never leaves a stale lock behind.
+//!
+//! The lock file is hidden and never looks like a backup: listing, restore,
+//! verify and retention never see it, and it is never deleted (deleting a
+//! lock file while another process waits on it would let two writers in).
+
+use std::any::Any;
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Name of the lock file in a backup directory.
+pub(crate) const LOCK_FILE: &str = ".dictdb-lock";
+
+/// Proof that this process is the only backup writer of a store, held until
+/// dropped. Returned by [`BackupStore::lock_writer`](super::BackupStore::lock_writer).
+pub struct WriterLock {
+    description: String,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for WriterLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriterLock")
+            .field("lock", &self.description)
+            .finish()
+    }
+}
+
+impl WriterLock {
+    /// A lock held as long as `guard` lives (for stores of your own):
+    /// `description` says what is locked, for messages.
+    pub fn new(description: impl Into<String>, guard: impl Any + Send + Sync) -> WriterLock {
+        WriterLock {
+            description: description.into(),
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// What is locked.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Takes the lock of the directory `dir`, or fails with
+    /// [`Error::Locked`] when another writer (in this process or another)
+    /// holds it. Blocking: call it from the blocking pool.
+    pub(crate) fn lock_dir(dir: &Path) -> Result<WriterLock> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(path.display(), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    location: dir.display().to_string(),
+                    holder: holder(&mut file),
+                })
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(path.display(), e)),
+        }
+        // Who holds it, for the message a second writer gets. Not needed for
+        // the lock itself, so a failure here is not an error.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "pid {}", std::process::id()));
+        Ok(WriterLock::new(path.display().to_string(), file))
+    }
+}
+
+/// What the lock file says about its holder.
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.take(64).read_to_string(&mut text);
+    match text.trim() {
+        "" => "another backup manager".into(),
+        who => format!("another backup manager, {who}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_directory_fails_until_the_first_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = WriterLock::lock_dir(tmp.path()).unwrap();
+        match WriterLock::lock_dir(tmp.path()) {
+            Err(Error::Locked { location, holder }) => {
+                assert_eq!(location, tmp.path().display().to_string());
+                assert!(holder.contains(&std::process::id().to_string()), "{holder}");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        let again = WriterLock::lock_dir(tmp.path()).unwrap();
+        assert!(again.description().ends_with(LOCK_FILE));
+        assert!(tmp.path().join(LOCK_FILE).exists(), "never deleted");
+    }
+}
