@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dictdb::{restore_dir, BackupConfig, BackupManager, DictDB, FileFormat, Table};
+use dictdb::{
+    restore_dir, BackupConfig, BackupEvent, BackupManager, DictDB, FileFormat, LocalStore, Table,
+};
 use serde_json::{json, Value};
 
 struct Args {
@@ -200,6 +202,24 @@ fn limit_write(values: &[Value], dir: &Path, msgpack: bool) -> f64 {
     s
 }
 
+/// The physical limit: `bytes`, prepared in memory, written the way a
+/// backup's file is (the same store: temporary file, chunks of 256 KiB,
+/// fsync, no-clobber rename, fsync of the directory).
+async fn limit_disk(bytes: &[u8], dir: &Path) -> f64 {
+    use dictdb::store::BackupStore;
+    let store = LocalStore::open(dir).expect("limit store");
+    let name = "dictdb_limit_disk.json";
+    let t = Instant::now();
+    let mut w = store.create(name).await.expect("create");
+    for chunk in bytes.chunks(256 * 1024) {
+        w.write(chunk.to_vec()).await.expect("write");
+    }
+    w.commit().await.expect("commit");
+    let s = t.elapsed().as_secs_f64();
+    store.delete(name).await.expect("delete");
+    s
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
@@ -270,7 +290,8 @@ async fn main() {
             .await
             .unwrap();
         let (mut times, mut limits, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for _ in 0..reps {
+        let mut disk = Vec::new();
+        for rep in 0..reps {
             limits.push(limit_write(
                 &values,
                 &dir,
@@ -280,12 +301,24 @@ async fn main() {
             let info = m.backup_full().await.unwrap();
             times.push(t.elapsed().as_secs_f64());
             bytes = info.bytes;
-            std::fs::remove_file(dir.join(&info.file)).unwrap();
+            let path = dir.join(&info.file);
+            if format == FileFormat::Json {
+                // The physical limit, on the very bytes just written.
+                let file = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                disk.push(limit_disk(&file, &dir).await);
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+            eprintln!("  full {key} #{rep}: {:.3} s", times[rep]);
         }
         m.stop().await.unwrap();
         put(&format!("full_{key}_s"), median(times));
         put(&format!("full_{key}_bytes"), bytes as f64);
         put(&format!("limit_{key}_s"), median(limits));
+        if !disk.is_empty() {
+            put("limit_disk_s", median(disk));
+        }
     }
     drop(values);
 
@@ -322,9 +355,18 @@ async fn main() {
             lat.sort_unstable();
             let max = *lat.last().unwrap_or(&0) as f64 / 1e3;
             let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1e3;
+            eprintln!(
+                "  stall #{rep}: max {max:.0} us, p99 {p99:.1} us, {} writes",
+                lat.len()
+            );
             maxes.push(max);
             p99s.push(p99);
             counts.push(lat.len() as f64);
+        }
+        // Every repetition, not only the median: the target holds for each.
+        for (i, (m, p)) in maxes.iter().zip(&p99s).enumerate() {
+            put(&format!("stall_max_us_rep{i}"), *m);
+            put(&format!("stall_p99_us_rep{i}"), *p);
         }
         m.stop().await.unwrap();
         put("stall_max_us", median(maxes));
@@ -350,6 +392,42 @@ async fn main() {
         m.stop().await.unwrap();
         put("delta_1pct_s", median(times));
         put("delta_1pct_bytes", bytes as f64);
+    }
+
+    // --- the delta after a lagged mutation stream ----------------------------
+    {
+        // A second database of the same records whose event channel holds
+        // 16 events: the manager cannot keep up with a burst of changes and
+        // misses events, so its next delta compares the last cut with the
+        // new one instead of folding events.
+        let lag_db = DictDB::with_event_capacity(16);
+        let lag_users = lag_db.create_table("users").unwrap();
+        insert_all(&lag_users, n);
+        let mut lag_changes = Changes::new(n);
+        let dir = fresh_dir(&args.dir, "lag");
+        let m = incremental_manager(&lag_db, &dir).await;
+        m.backup_full().await.unwrap();
+        let mut events = m.subscribe();
+        let mut times = Vec::new();
+        for rep in 0..reps {
+            lag_changes.apply(&lag_users, rep);
+            let t = Instant::now();
+            let out = m.backup_delta().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            let info = out.info().expect("a delta");
+            let mut lagged = false;
+            while let Ok(e) = events.try_recv() {
+                lagged |= matches!(e, BackupEvent::Lagged { .. });
+            }
+            assert!(lagged, "the burst of changes did not make the manager lag");
+            assert_eq!(
+                info.kind,
+                dictdb::BackupKind::Delta,
+                "after a lag, a delta (not a full backup)"
+            );
+        }
+        m.stop().await.unwrap();
+        put("delta_after_lag_s", median(times));
     }
 
     // --- restore: JSON full backup plus 10 deltas of 1% ---------------------
@@ -388,28 +466,38 @@ async fn main() {
     let g = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     println!("dictdb bench report, N = {n} (medians of {reps})");
     println!("{:<24}{:>16}  ratio / target", "key", "value");
-    let rows: [(&str, String); 16] = [
-        ("insert_bare_per_s", "target >= 500000".to_string()),
+    let scaled_disk = g("limit_disk_s") * g("full_msgpack_bytes") / g("full_json_bytes");
+    let stall_reps: Vec<String> = (0..reps)
+        .map(|i| format!("{:.0}", g(&format!("stall_max_us_rep{i}"))))
+        .collect();
+    let rows: Vec<(&str, String)> = vec![
+        ("insert_bare_per_s", "target >= 1000000".to_string()),
         (
             "insert_managed_per_s",
             format!(
-                "{:.2} x bare (target >= 0.7)",
+                "{:.2} x bare (target >= 0.9)",
                 g("insert_managed_per_s") / g("insert_bare_per_s")
             ),
         ),
         (
             "full_json_s",
             format!(
-                "{:.2} x limit (target <= 1.5)",
+                "{:.2} x limit_disk (target <= 2.5); {:.2} x limit_json",
+                g("full_json_s") / g("limit_disk_s"),
                 g("full_json_s") / g("limit_json_s")
             ),
         ),
         ("full_json_bytes", String::new()),
         ("limit_json_s", String::new()),
         (
+            "limit_disk_s",
+            "full_json_bytes written from memory as a backup is".into(),
+        ),
+        (
             "full_msgpack_s",
             format!(
-                "{:.2} x limit (target <= 1.5)",
+                "{:.2} x limit_disk scaled by bytes (target <= 1.2); {:.2} x limit_msgpack",
+                g("full_msgpack_s") / scaled_disk,
                 g("full_msgpack_s") / g("limit_msgpack_s")
             ),
         ),
@@ -417,18 +505,31 @@ async fn main() {
         ("limit_msgpack_s", String::new()),
         ("delta_1pct_s", "target <= 0.05 s".into()),
         ("delta_1pct_bytes", String::new()),
-        ("stall_max_us", "target <= 2000".into()),
-        ("stall_p99_us", "target <= 50".into()),
+        (
+            "delta_after_lag_s",
+            format!(
+                "{:.2} x delta_1pct (target <= 3)",
+                g("delta_after_lag_s") / g("delta_1pct_s")
+            ),
+        ),
+        (
+            "stall_max_us",
+            format!(
+                "each repetition: {} (target <= 1000 in every one)",
+                stall_reps.join(", ")
+            ),
+        ),
+        ("stall_p99_us", "target <= 10".into()),
         ("stall_writes", String::new()),
         (
             "restore_json_s",
             format!(
-                "{:.2} x limit (target <= 2)",
+                "{:.2} x limit_parse (target <= 0.7)",
                 g("restore_json_s") / g("limit_parse_json_s")
             ),
         ),
         ("limit_parse_json_s", String::new()),
-        ("rss_bytes_per_record", "target <= 600".into()),
+        ("rss_bytes_per_record", "target <= 220".into()),
     ];
     for (k, note) in rows {
         println!("{k:<24}{:>16.4}  {note}", g(k));

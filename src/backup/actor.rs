@@ -72,6 +72,13 @@ pub(crate) struct Actor {
     namer: Namer,
     /// The full backup the current chain of deltas builds on.
     base: Option<String>,
+    /// The cut of the last successful backup (`pending` starts there). When
+    /// mutation events were missed, the next delta is this snapshot's
+    /// structural diff against the new cut instead of a full backup: it
+    /// shares its persistent maps with the live database, so keeping it
+    /// costs only what changed since (the old versions of changed records
+    /// and the tree paths to them).
+    last_cut: Option<Snapshot>,
     /// Why the next backup must be full, when it must.
     force_full: Option<&'static str>,
     deltas_since_full: u32,
@@ -122,6 +129,12 @@ impl Actor {
             Some(r) => (Some(r.base), r.deltas),
             None => (None, 0),
         };
+        // A resumed manager starts at its chain's last cut: the database as
+        // it stands now.
+        let last_cut = base
+            .as_ref()
+            .map(|_| db.snapshot())
+            .filter(|s| s.seq() == seq);
         // Before the task first runs, so `status()` is right at once.
         shared.status.set_chain(base.clone(), deltas_since_full);
         shared.status.set_schedule(schedule.deadline(0), None);
@@ -142,6 +155,7 @@ impl Actor {
             fold_pause: None,
             namer: Namer::default(),
             base,
+            last_cut,
             force_full: None,
             deltas_since_full,
             consecutive_failures: 0,
@@ -299,7 +313,7 @@ impl Actor {
     fn lagged(&mut self, missed: u64) {
         warn!(
             missed,
-            "mutation stream lagged; the next backup will be full"
+            "mutation stream lagged; the next delta compares the last cut with the new one"
         );
         self.pending.mark_incomplete();
         let _ = self.events.send(BackupEvent::Lagged { missed });
@@ -339,11 +353,21 @@ impl Actor {
     fn full_reason(&self) -> Option<&'static str> {
         if self.base.is_none() {
             Some("no full backup written by this manager yet")
-        } else if !self.pending.complete {
+        } else if self.force_full.is_some() {
+            self.force_full
+        } else if !self.pending.complete && self.diff_base().is_none() {
             Some("mutation events were missed since the last backup")
         } else {
-            self.force_full
+            None
         }
+    }
+
+    /// The last cut to compare the new one with, when events were missed
+    /// and the window cannot say what changed.
+    fn diff_base(&self) -> Option<&Snapshot> {
+        self.last_cut
+            .as_ref()
+            .filter(|cut| !self.pending.complete && cut.seq() == self.pending.base_seq)
     }
 
     /// A delta was due, a full backup is written instead.
@@ -385,8 +409,18 @@ impl Actor {
         }
         self.shared.status.set_in_flight(true);
         let result = loop {
-            match self.write(kind, snapshot, started).await {
-                Ok(Written::File(info)) => break Ok(info),
+            let diff_from = match kind {
+                BackupKind::Delta => self.diff_base().cloned(),
+                BackupKind::Full => None,
+            };
+            if diff_from.is_some() {
+                debug!("events were missed: the delta compares the last cut with this one");
+            }
+            match self.write(kind, snapshot.clone(), started, diff_from).await {
+                Ok(Written::File(info)) => {
+                    self.last_cut = Some(snapshot);
+                    break Ok(info);
+                }
                 // The delta's base is gone from the store (checked before
                 // the first byte and again before the commit).
                 Ok(Written::BaseGone(reason)) => {
@@ -420,6 +454,7 @@ impl Actor {
         kind: BackupKind,
         snapshot: Snapshot,
         started: WallInstant,
+        diff_from: Option<Snapshot>,
     ) -> Result<Written> {
         let seq = snapshot.seq();
         let old = Arc::new(std::mem::replace(&mut self.pending, Pending::new(seq)));
@@ -436,6 +471,7 @@ impl Actor {
             format,
             snapshot,
             window: Arc::clone(&old),
+            diff_from,
             base: self.base.clone(),
         };
         let store = Arc::clone(&self.store);
@@ -617,6 +653,8 @@ struct Job {
     format: FileFormat,
     snapshot: Snapshot,
     window: Arc<Pending>,
+    /// Missed events: the delta is this cut's diff against `snapshot`.
+    diff_from: Option<Snapshot>,
     base: Option<String>,
 }
 
@@ -790,7 +828,12 @@ async fn write_job(
                 Some(&idle),
             )?,
             BackupKind::Delta => {
-                let changes = job.window.to_changes(&job.snapshot);
+                // Computed here, off the actor: a diff skips the parts the two
+                // cuts share, so it costs what changed, not the table size.
+                let changes = match &job.diff_from {
+                    Some(cut) => cut.changes_to(&job.snapshot),
+                    None => job.window.to_changes(&job.snapshot),
+                };
                 let link = Link {
                     from_seq: job.window.base_seq,
                     seq: job.snapshot.seq(),
