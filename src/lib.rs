@@ -81,6 +81,8 @@
 
 pub mod backup;
 mod db;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 mod error;
 mod format;
 mod key;
@@ -97,8 +99,8 @@ pub use db::{
     apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,
     TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
-pub use error::{Error, Result};
-pub use format::{FileFormat, Integrity};
+pub use error::{DecryptFailure, Error, Result};
+pub use format::{Compression, FileFormat, Integrity};
 pub use key::Key;
 pub use naming::{BackupKind, BackupName, NameFormat};
 pub use record::Record;
