@@ -86,8 +86,11 @@ impl Drop for Ahead {
 /// so the memory one delta frees is reused by the next.
 struct Applier {
     db: DictDB,
-    tx: Option<std::sync::mpsc::Sender<(ChangeSet, String, oneshot::Sender<Result<usize>>)>>,
+    tx: Option<std::sync::mpsc::Sender<ApplyJob>>,
 }
+
+/// A change set for the apply thread, its file's name, and where to answer.
+type ApplyJob = (ChangeSet, String, oneshot::Sender<Result<usize>>);
 
 impl Applier {
     fn new(db: DictDB) -> Applier {
@@ -96,8 +99,7 @@ impl Applier {
 
     async fn apply(&mut self, changes: ChangeSet, file: &str) -> Result<usize> {
         if self.tx.is_none() {
-            let (tx, rx) =
-                std::sync::mpsc::channel::<(ChangeSet, String, oneshot::Sender<Result<usize>>)>();
+            let (tx, rx) = std::sync::mpsc::channel::<ApplyJob>();
             let db = self.db.clone();
             std::thread::Builder::new()
                 .name("dictdb-apply".into())
