@@ -759,7 +759,10 @@ async fn encrypted_backups_round_trip_through_the_bucket() {
     assert_eq!(common::table_map(&restored.db), common::table_map(&db));
     assert!(restore.verify().await.unwrap().is_ok());
     let listing = restore.list().await.unwrap();
-    assert!(listing.files.iter().all(|f| f.encrypted && f.error.is_none()));
+    assert!(listing
+        .files
+        .iter()
+        .all(|f| f.encrypted && f.error.is_none()));
     match Restore::new(store).run().await {
         Err(Error::Decrypt { kind, .. }) => assert_eq!(kind, DecryptFailure::MissingIdentity),
         other => panic!("{other:?}"),
