@@ -204,6 +204,7 @@ impl std::fmt::Display for DecryptFailure {
 }
 
 impl Error {
+    #[cfg(feature = "encryption")]
     pub(crate) fn decrypt(
         file: impl std::fmt::Display,
         kind: DecryptFailure,

@@ -69,6 +69,9 @@
 //!   `restore`, `inspect`).
 //! - `object-store`: backups in object storage through the `object_store`
 //!   crate.
+//! - `encryption`: backups encrypted to age X25519 recipients
+//!   (`BackupConfig::encrypt_to`, the `dictdb::encryption` keys,
+//!   `Restore::identity`). Compression ([`Compression`]) needs no feature.
 //!
 //! ## Guarantees
 //!

@@ -26,7 +26,9 @@ use std::io::{self, BufReader, Read, Write};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::error::{DecryptFailure, Error, Result};
+#[cfg(feature = "encryption")]
+use crate::error::DecryptFailure;
+use crate::error::{Error, Result};
 use crate::naming::BackupName;
 
 /// Size of the chunks handed to the store.
