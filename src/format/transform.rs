@@ -626,8 +626,108 @@ fn open_inner(
     }
     if layers.zstd {
         r = Box::new(Unzstd::new(r, file, partial)?);
+        if !partial {
+            r = ahead(r);
+        }
     }
     Ok(r)
+}
+
+/// Plaintext chunks decompressed (and decrypted) ahead of the codec.
+const AHEAD_CHUNKS: usize = 4;
+
+/// Runs `read` on a thread of its own, a few chunks ahead of the reader:
+/// decompression then overlaps parsing instead of adding to it. Errors
+/// arrive in order, after the bytes before them. If no thread can be
+/// started, `read` is read in place.
+fn ahead(read: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD_CHUNKS);
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(read)));
+    let theirs = std::sync::Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("dictdb-unzstd".into())
+        .spawn(move || {
+            let Some(mut read) = theirs.lock().ok().and_then(|mut s| s.take()) else {
+                return;
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let result = loop {
+                    match read.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == buf.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(filled);
+                let end = filled == 0 || result.is_err();
+                if filled > 0 && tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if end {
+                    return;
+                }
+            }
+        });
+    if spawned.is_err() {
+        if let Some(read) = slot.lock().ok().and_then(|mut s| s.take()) {
+            return read;
+        }
+    }
+    Box::new(Ahead {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+        done: false,
+    })
+}
+
+/// The reading end of [`ahead`].
+struct Ahead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for Ahead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread ended: every chunk was sent.
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = (self.chunk.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 #[cfg(not(feature = "encryption"))]
