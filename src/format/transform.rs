@@ -334,11 +334,11 @@ type Zstd<W> = zstd::stream::write::Encoder<'static, Trailed<W>>;
 
 enum Stack<W: Write> {
     Plain(W),
-    Zstd(Zstd<W>),
+    Zstd(Box<Zstd<W>>),
     #[cfg(feature = "encryption")]
     Age(age::stream::StreamWriter<W>),
     #[cfg(feature = "encryption")]
-    ZstdAge(Zstd<age::stream::StreamWriter<W>>),
+    ZstdAge(Box<Zstd<age::stream::StreamWriter<W>>>),
 }
 
 fn zstd_encoder<W: Write>(inner: W, level: i32, threads: u32) -> io::Result<Zstd<W>> {
@@ -385,16 +385,20 @@ impl<F: FnMut(Vec<u8>) -> Result<()>> Sealer<F> {
         #[cfg(feature = "encryption")]
         let stack = match (level, &sealing.recipients) {
             (None, None) => Stack::Plain(sink),
-            (Some(l), None) => Stack::Zstd(zstd_encoder(sink, l, sealing.threads).map_err(io_err)?),
+            (Some(l), None) => Stack::Zstd(Box::new(
+                zstd_encoder(sink, l, sealing.threads).map_err(io_err)?,
+            )),
             (None, Some(r)) => Stack::Age(age_writer(r, sink)?),
-            (Some(l), Some(r)) => Stack::ZstdAge(
+            (Some(l), Some(r)) => Stack::ZstdAge(Box::new(
                 zstd_encoder(age_writer(r, sink)?, l, sealing.threads).map_err(io_err)?,
-            ),
+            )),
         };
         #[cfg(not(feature = "encryption"))]
         let stack = match level {
             None => Stack::Plain(sink),
-            Some(l) => Stack::Zstd(zstd_encoder(sink, l, sealing.threads).map_err(io_err)?),
+            Some(l) => Stack::Zstd(Box::new(
+                zstd_encoder(sink, l, sealing.threads).map_err(io_err)?,
+            )),
         };
         Ok(Sealer {
             stack,
