@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dictdb::{
-    restore_dir, BackupConfig, BackupEvent, BackupManager, DictDB, FileFormat, LocalStore, Table,
+    restore_dir, BackupConfig, BackupEvent, BackupManager, Compression, DictDB, FileFormat,
+    LocalStore, Table,
 };
 use serde_json::{json, Value};
 
@@ -162,14 +163,34 @@ impl Changes {
 /// An incremental manager that writes deltas only when asked (its periodic
 /// backups never come during a run).
 async fn incremental_manager(db: &DictDB, dir: &Path) -> BackupManager {
+    incremental_manager_with(db, dir, Compression::None).await
+}
+
+/// [`incremental_manager`] writing with `compression`.
+async fn incremental_manager_with(
+    db: &DictDB,
+    dir: &Path,
+    compression: Compression,
+) -> BackupManager {
     BackupManager::start(
         db,
         BackupConfig::new(dir)
             .incremental(true)
-            .max_deltas_before_full(1000),
+            .max_deltas_before_full(1000)
+            .compression(compression)
+            .compression_threads(zstd_threads()),
     )
     .await
     .expect("backup manager")
+}
+
+/// zstd worker threads for the compressed runs (`DICTDB_BENCH_ZSTD_THREADS`,
+/// default the library's, 1), to compare single- and multithreaded zstd.
+fn zstd_threads() -> u32 {
+    std::env::var("DICTDB_BENCH_ZSTD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The limit: the same records as `Vec<Value>`, written with a 1 MiB
@@ -322,12 +343,47 @@ async fn main() {
     }
     drop(values);
 
+    // --- full backup, JSON compressed with zstd (default level) ------------
+    {
+        let dir = fresh_dir(&args.dir, "full-json-zstd");
+        let m = BackupManager::start(
+            &db,
+            BackupConfig::new(&dir)
+                .compression(Compression::zstd())
+                .compression_threads(zstd_threads()),
+        )
+        .await
+        .unwrap();
+        let (mut times, mut bytes) = (Vec::new(), 0);
+        for _ in 0..reps {
+            let t = Instant::now();
+            let info = m.backup_full().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            bytes = info.bytes;
+            std::fs::remove_file(dir.join(&info.file)).unwrap();
+        }
+        m.stop().await.unwrap();
+        put("full_json_zstd_s", median(times));
+        put("full_json_zstd_bytes", bytes as f64);
+    }
+
     // --- writer stalls while a full backup runs ----------------------------
     {
         let dir = fresh_dir(&args.dir, "stall");
-        let m = BackupManager::start(&db, BackupConfig::new(&dir))
-            .await
-            .unwrap();
+        // DICTDB_BENCH_STALL_ZSTD=1 measures the stalls of a compressed
+        // backup instead (the keys keep their names).
+        let compression = match std::env::var("DICTDB_BENCH_STALL_ZSTD").as_deref() {
+            Ok("1") => Compression::zstd(),
+            _ => Compression::None,
+        };
+        let m = BackupManager::start(
+            &db,
+            BackupConfig::new(&dir)
+                .compression(compression)
+                .compression_threads(zstd_threads()),
+        )
+        .await
+        .unwrap();
         let (mut maxes, mut p99s, mut counts) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             let running = Arc::new(AtomicBool::new(true));
@@ -460,6 +516,30 @@ async fn main() {
         put("restore_json_s", median(times));
         put("limit_parse_json_s", median(limits));
     }
+
+    // --- restore: the same, compressed with zstd ------------------------------
+    {
+        let dir = fresh_dir(&args.dir, "restore-zstd");
+        let m = incremental_manager_with(&db, &dir, Compression::zstd()).await;
+        m.backup_full().await.unwrap();
+        for round in 0..10 {
+            changes.apply(&users, 200 + round);
+            m.backup_delta().await.unwrap();
+        }
+        m.stop().await.unwrap();
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let restored = restore_dir(&dir).await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(
+                restored.db.seq(),
+                db.seq(),
+                "restore reached the live state"
+            );
+        }
+        put("restore_json_zstd_s", median(times));
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
 
     // --- report ---------------------------------------------------------------
@@ -530,6 +610,27 @@ async fn main() {
         ),
         ("limit_parse_json_s", String::new()),
         ("rss_bytes_per_record", "target <= 220".into()),
+        (
+            "full_json_zstd_s",
+            format!(
+                "{:.2} x full_json_s (target <= 1.2)",
+                g("full_json_zstd_s") / g("full_json_s")
+            ),
+        ),
+        (
+            "full_json_zstd_bytes",
+            format!(
+                "{:.1}% of full_json_bytes (target <= 5%)",
+                100.0 * g("full_json_zstd_bytes") / g("full_json_bytes")
+            ),
+        ),
+        (
+            "restore_json_zstd_s",
+            format!(
+                "{:.2} x restore_json_s (target <= 1.2)",
+                g("restore_json_zstd_s") / g("restore_json_s")
+            ),
+        ),
     ];
     for (k, note) in rows {
         println!("{k:<24}{:>16.4}  {note}", g(k));

@@ -19,7 +19,8 @@ use super::{
 };
 use crate::db::{DictDB, Mutation, Snapshot};
 use crate::error::{Error, Result};
-use crate::format::{self, Doc, FileFormat, Link};
+use crate::format::transform::Sealer;
+use crate::format::{self, Doc, FileFormat, Link, Sealing};
 use crate::naming::{BackupKind, BackupName, Namer};
 use crate::store::{BackupStore, WriterLock};
 
@@ -463,7 +464,10 @@ impl Actor {
         }
         self.in_flight_changes = old.events;
         let format = self.config.file_format;
-        let name = self.namer.next(kind, format).to_string();
+        let name = self
+            .namer
+            .next(kind, format, self.config.sealing.layers())
+            .to_string();
         let from_seq = (kind == BackupKind::Delta).then_some(old.base_seq);
         let job = Job {
             db: self.db.clone(),
@@ -473,6 +477,7 @@ impl Actor {
             window: Arc::clone(&old),
             diff_from,
             base: self.base.clone(),
+            sealing: self.config.sealing.clone(),
         };
         let store = Arc::clone(&self.store);
         let span = tracing::info_span!("backup", %kind, file = %name, seq);
@@ -656,6 +661,8 @@ struct Job {
     /// Missed events: the delta is this cut's diff against `snapshot`.
     diff_from: Option<Snapshot>,
     base: Option<String>,
+    /// Compression and encryption.
+    sealing: Sealing,
 }
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice 10 on
@@ -803,11 +810,17 @@ async fn write_job(
     let target = name.clone();
     let producer = background(&name, move || -> Result<(u64, u64, String)> {
         let mut pacer = Pacer::new(&job.db);
-        let mut emit = |chunk: Vec<u8>| {
+        // Compression and encryption run here, on the serialiser's thread,
+        // as streams: only their output goes to the store.
+        let send = |chunk: Vec<u8>| {
             tx.blocking_send(chunk).map_err(|_| Error::Store {
                 path: target.clone(),
                 message: "the store writer stopped".into(),
-            })?;
+            })
+        };
+        let mut sealer = Sealer::new(&job.sealing, &target, send)?;
+        let mut emit = |chunk: Vec<u8>| {
+            sealer.write(chunk)?;
             pacer.pause_if_writers_active();
             Ok(())
         };
@@ -852,7 +865,13 @@ async fn write_job(
                 )?
             }
         };
-        Ok((written.records, written.bytes, written.checksum))
+        let stored = sealer.finish()?;
+        tracing::debug!(
+            document_bytes = written.bytes,
+            stored_bytes = stored,
+            "serialised"
+        );
+        Ok((written.records, stored, written.checksum))
     });
     let created = tokio::select! {
         biased;

@@ -45,7 +45,7 @@ pub use status::{BackupStatus, LastBackup, LastFailure};
 
 use crate::db::DictDB;
 use crate::error::{Error, Result};
-use crate::restore::{Restore, Restored};
+use crate::restore::Restored;
 use crate::store::{BackupStore, WriterLock};
 
 /// What a command asks for.
@@ -204,7 +204,7 @@ impl BackupManager {
         let store = config.open()?;
         let lock = store.lock_writer().await?;
         if !config.allow_store_ahead {
-            head::check_not_behind(db, &store).await?;
+            head::check_not_behind(db, &store, config.restore_of(Arc::clone(&store))).await?;
         }
         Ok(Self::spawn(db.clone(), store, config, lock, None))
     }
@@ -251,7 +251,7 @@ impl BackupManager {
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
         let store = config.open()?;
         let lock = store.lock_writer().await?;
-        let (db, resume, restored) = match Restore::new(Arc::clone(&store)).run().await {
+        let (db, resume, restored) = match config.restore_of(Arc::clone(&store)).run().await {
             Ok(restored) => {
                 let resume = match (restored.seq, restored.applied.first()) {
                     // Files without sequence numbers (the Python original's)
