@@ -1,6 +1,8 @@
 //! Benchmarks of the database's hot paths on tables of 100k and 1M records
-//! of the standard workload (WORKLOAD.md): insert, update (merge of one
-//! field), snapshot, and an update right after a snapshot (the copy-on-write
+//! of the standard workload (WORKLOAD.md): insert (with the caller's record
+//! build, without it, and without it but with a subscriber to the mutation
+//! stream, which adds the broadcast send), update (merge of one field),
+//! snapshot, and an update right after a snapshot (the copy-on-write
 //! cost a writer pays while a backup holds a snapshot).
 //!
 //! Each table is filled once per size, outside the timing. Inserted records
@@ -43,6 +45,31 @@ fn key_of(i: u64, n: i64) -> i64 {
     (i.wrapping_mul(2_654_435_761) % n as u64) as i64 + 1
 }
 
+/// Inserts `iters` records built beforehand (in batches, untimed) under new
+/// keys from `*next`, returns the time the inserts took, and deletes them
+/// again (untimed).
+fn insert_prebuilt(table: &Table, next: &mut i64, iters: u64) -> Duration {
+    const BATCH: u64 = 4096;
+    let first = *next;
+    let mut took = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(BATCH);
+        let records: Vec<Value> = (0..k as i64).map(|j| workload_record(*next + j)).collect();
+        let start = Instant::now();
+        for record in records {
+            black_box(table.insert(record).expect("insert"));
+        }
+        took += start.elapsed();
+        *next += k as i64;
+        left -= k;
+    }
+    for key in first..*next {
+        table.delete(key).expect("delete");
+    }
+    took
+}
+
 fn bench_size(c: &mut Criterion, n: i64, label: &str) {
     let (db, table) = prefill(n);
     let mut group = c.benchmark_group(format!("records_{label}"));
@@ -80,6 +107,28 @@ fn bench_size(c: &mut Criterion, n: i64, label: &str) {
             elapsed
         });
     });
+    assert_eq!(table.len().expect("len"), n as usize);
+
+    // The insert alone: records built beforehand, outside the timing (the
+    // encode into stored bytes and the map insert, no subscriber).
+    group.bench_function("insert_prebuilt", |b| {
+        b.iter_custom(|iters| insert_prebuilt(&table, &mut next, iters))
+    });
+    assert_eq!(table.len().expect("len"), n as usize);
+
+    // The same with a subscriber to the mutation stream: adds the event's
+    // broadcast send (what a running BackupManager costs each write).
+    {
+        let mut events = db.subscribe();
+        group.bench_function("insert_prebuilt_subscribed", |b| {
+            b.iter_custom(|iters| {
+                let took = insert_prebuilt(&table, &mut next, iters);
+                // Drain untimed, so the channel never lags.
+                while events.try_recv().is_ok() {}
+                took
+            })
+        });
+    }
     assert_eq!(table.len().expect("len"), n as usize);
 
     let mut i = 0u64;
