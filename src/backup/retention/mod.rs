@@ -83,35 +83,50 @@ pub use plan::{
 pub use policy::RetentionPolicy;
 
 use super::BackupEvent;
-use crate::store::BackupStore;
+use crate::store::{BackupStore, SkippedEntry};
 
 /// Lists the store, plans with `policy` at `now`, and applies the plan,
 /// reporting what went as [`BackupEvent::Pruned`] and a failure (to list, or
 /// the deletion that stopped the prune) as [`BackupEvent::PruneFailed`].
 /// Never fatal: what stays is pruned after the next full backup.
+///
+/// Entries the listing skipped (see [`BackupEvent::EntriesSkipped`]) are
+/// reported and returned (`None`: the store could not be listed); their
+/// names never reach the plan, so none is ever deleted.
 pub(crate) async fn prune(
     store: &dyn BackupStore,
     policy: &RetentionPolicy,
     now: SystemTime,
     events: &broadcast::Sender<BackupEvent>,
-) {
+) -> Option<Vec<SkippedEntry>> {
     if policy.keeps_everything() {
-        return;
+        return None;
     }
-    let files = match store.list().await {
-        Ok(f) => f,
+    let listing = match store.list_all().await {
+        Ok(l) => l.refuse_untrusted_names(),
         Err(error) => {
             warn!(cause = %error, "retention could not list the backup store");
             let _ = events.send(BackupEvent::PruneFailed {
                 file: store.location(),
                 error,
             });
-            return;
+            return None;
         }
     };
-    let plan = policy.plan(&files, now);
+    let skipped = listing.skipped;
+    if !skipped.is_empty() {
+        warn!(
+            entries = skipped.len(),
+            first = %skipped[0],
+            "the backup store holds entries that are not backup files; they are skipped"
+        );
+        let _ = events.send(BackupEvent::EntriesSkipped {
+            entries: skipped.clone(),
+        });
+    }
+    let plan = policy.plan(&listing.files, now);
     if plan.deletions().is_empty() {
-        return;
+        return Some(skipped);
     }
     let report = plan.apply(store).await;
     if !report.deleted.is_empty() {
@@ -135,6 +150,7 @@ pub(crate) async fn prune(
             error: failure.error,
         });
     }
+    Some(skipped)
 }
 
 #[cfg(test)]
