@@ -10,6 +10,10 @@ pub(crate) mod local;
 mod lock;
 #[cfg(feature = "object-store")]
 mod object;
+#[cfg(feature = "object-store")]
+mod object_errors;
+#[cfg(feature = "object-store")]
+mod s3_list;
 
 use std::fmt;
 use std::io::Read;
