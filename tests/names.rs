@@ -27,19 +27,27 @@ fn cli() -> std::process::Command {
     cmd
 }
 
-/// Pruned files, and failures, from the events received so far.
-fn drain(events: &mut tokio::sync::broadcast::Receiver<BackupEvent>) -> (Vec<String>, Vec<String>) {
+/// Pruned files, failures, and entries reported skipped, from the events
+/// received so far.
+fn drain(
+    events: &mut tokio::sync::broadcast::Receiver<BackupEvent>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut pruned = Vec::new();
     let mut failed = Vec::new();
+    let mut skipped = Vec::new();
     while let Ok(e) = events.try_recv() {
         match e {
             BackupEvent::Pruned { files } => pruned.extend(files),
             BackupEvent::PruneFailed { file, error } => failed.push(format!("{file}: {error}")),
             BackupEvent::Failed { error, .. } => failed.push(error.to_string()),
+            // Reported before each prune (and at start, before anyone listens).
+            BackupEvent::EntriesSkipped { entries } => {
+                skipped.extend(entries.into_iter().map(|e| e.name)) // api
+            }
             _ => {}
         }
     }
-    (pruned, failed)
+    (pruned, failed, skipped)
 }
 
 /// A manager with keep-last-1 retention over `store`, two full backups of
@@ -75,7 +83,7 @@ async fn two_backups_survive(store: Arc<dyn dictdb::BackupStore>, hostile: &[&st
     }
     let status = m.status();
     m.stop().await.unwrap();
-    let (pruned, failed) = drain(&mut events);
+    let (pruned, failed, reported) = drain(&mut events);
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
         pruned,
@@ -96,8 +104,14 @@ async fn two_backups_survive(store: Arc<dyn dictdb::BackupStore>, hostile: &[&st
             assert!(names.contains(&h.to_string()), "{h} must stay: {names:?}");
         }
     }
-    // Reported: the status names each hostile entry with a reason.
+    // Reported: the events and the status name each hostile entry, the
+    // status with a reason.
     for h in hostile {
+        let shown = dictdb::printable_name(h); // api
+        assert!(
+            reported.iter().any(|n| n.ends_with(&shown)),
+            "{h}: {reported:?}"
+        ); // api
         let shown = dictdb::printable_name(h); // api
         assert!(
             status

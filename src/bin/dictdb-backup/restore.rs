@@ -257,7 +257,11 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
         )
         .about(shown));
     }
-    let backup_named = name.to_str().and_then(BackupName::parse).is_some();
+    // Also a name shaped like a backup's that is not trusted: it would sit
+    // in the store as a skipped entry.
+    let backup_named = name
+        .to_str()
+        .is_some_and(|n| !matches!(BackupName::classify(n), dictdb::NameCheck::Other));
     let same_dir = !store::is_url(dir)
         && matches!((parent.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
     if backup_named && same_dir {
