@@ -415,7 +415,10 @@ mod s3 {
             let e = open_url_with(bad, &ObjectStoreOptions::default());
             assert!(e.is_err(), "{bad} must be refused");
         }
-        assert!(open_url_with("s3://bucket/svc/", &ObjectStoreOptions::default()).is_ok());
+        let creds = ObjectStoreOptions::default()
+            .s3_config("aws_access_key_id", "k")
+            .s3_config("aws_secret_access_key", "s");
+        assert!(open_url_with("s3://bucket/svc/", &creds).is_ok());
     }
 
     /// No credentials anywhere: the error says so and names the settings.
@@ -431,8 +434,9 @@ mod s3 {
             .unwrap()
             .local_addr()
             .unwrap();
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
+        for disabled in [false, true] {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args([
                 "--exact",
                 "s3::no_credentials_child",
                 "--include-ignored",
@@ -443,16 +447,19 @@ mod s3 {
             .env("AWS_ENDPOINT", &ep)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_METADATA_ENDPOINT", format!("http://{closed}"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "{text}");
+            .env("AWS_METADATA_ENDPOINT", format!("http://{closed}"));
+            if disabled {
+                cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+            }
+            let out = cmd.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+        }
     }
 
     #[tokio::test]
@@ -465,8 +472,15 @@ mod s3 {
             .max_retries(0)
             .retry_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(2));
-        let store = dictdb::store::open_url_with("s3://dictdb-test/svc", &options).unwrap();
-        let e = store.list().await.unwrap_err().to_string();
+        // With AWS_EC2_METADATA_DISABLED=true the store is refused when
+        // opened; without, the first request fails.
+        let e = match dictdb::store::open_url_with("s3://dictdb-test/svc", &options) {
+            Ok(store) => store.list().await.unwrap_err().to_string(),
+            Err(e) => {
+                assert!(std::env::var("AWS_EC2_METADATA_DISABLED").is_ok(), "{e}");
+                e.to_string()
+            }
+        };
         println!("error: {e}");
         assert!(e.contains("no S3 credentials"), "{e}");
         assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");

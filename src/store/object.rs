@@ -31,7 +31,7 @@ use object_store::{
 };
 use tracing::warn;
 
-use super::object_errors::{chain, explain};
+use super::object_errors::{chain, check_credentials, explain};
 use super::s3_list::{self, TolerantLists};
 use super::{
     check_name, BackupStore, BackupWriter, FileReader, LocalStore, SkippedEntry, StoreListing,
@@ -333,8 +333,14 @@ impl ObjectBackupStore {
     ///   for tests; clone the result to share it.
     ///
     /// No request is sent: a wrong endpoint, bucket or credential shows at
-    /// the first operation. Errors: an unparsable URL, another scheme,
-    /// invalid options, a prefix that is not a valid object path.
+    /// the first operation, except that with `AWS_EC2_METADATA_DISABLED=true`
+    /// (which object_store itself ignores) an S3 URL with no credentials
+    /// configured is refused here, naming the settings that provide them.
+    ///
+    /// Errors: an unparsable URL, another scheme, invalid options, a prefix
+    /// that is not a valid object path, an `s3://` or `memory://` URL with a
+    /// part that would be ignored (user, password, port, query, fragment) or
+    /// a prefix with `.` or `..` segments.
     pub fn from_url_with(url: &str, options: &ObjectStoreOptions) -> Result<ObjectBackupStore> {
         options.validate()?;
         let parsed = url::Url::parse(url)
@@ -353,7 +359,9 @@ impl ObjectBackupStore {
                     )));
                 }
                 let prefix = url_prefix(url, parsed.path())?;
-                let s3 = s3_builder(bucket, options)?
+                let builder = s3_builder(bucket, options)?;
+                check_credentials(&builder)?;
+                let s3 = builder
                     .build()
                     .map_err(|e| Error::Config(format!("S3 store for {url:?}: {}", chain(&e))))?;
                 let location = join_location(&format!("{scheme}://{bucket}"), &prefix);
@@ -1039,10 +1047,15 @@ mod tests {
 
     #[test]
     fn urls() {
-        let s = ObjectBackupStore::from_url("s3://bucket/some/prefix/").unwrap();
+        // Credentials given: with AWS_EC2_METADATA_DISABLED=true and none in
+        // the environment, an S3 store is refused when opened.
+        let creds = ObjectStoreOptions::default()
+            .s3_config("aws_access_key_id", "k")
+            .s3_config("aws_secret_access_key", "s");
+        let s = ObjectBackupStore::from_url_with("s3://bucket/some/prefix/", &creds).unwrap();
         assert_eq!(s.location(), "s3://bucket/some/prefix");
         assert_eq!(s.prefix().as_ref(), "some/prefix");
-        let s = ObjectBackupStore::from_url("s3://bucket").unwrap();
+        let s = ObjectBackupStore::from_url_with("s3://bucket", &creds).unwrap();
         assert_eq!(s.location(), "s3://bucket");
         assert_eq!(s.prefix().as_ref(), "");
         let s = ObjectBackupStore::from_url("memory://").unwrap();

@@ -3,6 +3,8 @@
 
 use std::error::Error as StdError;
 
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+
 /// One line for an object_store error.
 pub(crate) fn explain(e: &object_store::Error) -> String {
     explain_text(&chain(e))
@@ -27,6 +29,32 @@ const CREDENTIALS: &str =
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN \
      for temporary credentials), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or \
      AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+
+/// With `AWS_EC2_METADATA_DISABLED=true` (as the AWS SDKs read it; object_store
+/// does not), an S3 store without credentials is refused when it is opened,
+/// rather than asking the instance metadata service at the first request.
+pub(crate) fn check_credentials(b: &AmazonS3Builder) -> crate::error::Result<()> {
+    let disabled = std::env::var("AWS_EC2_METADATA_DISABLED")
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if !disabled {
+        return Ok(());
+    }
+    let set = |k: AmazonS3ConfigKey| b.get_config_value(&k).is_some_and(|v| !v.trim().is_empty());
+    let configured = (set(AmazonS3ConfigKey::AccessKeyId)
+        && set(AmazonS3ConfigKey::SecretAccessKey))
+        || set(AmazonS3ConfigKey::WebIdentityTokenFile)
+        || set(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+        || set(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+        || b.get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if configured {
+        return Ok(());
+    }
+    Err(crate::error::Error::Config(format!(
+        "no S3 credentials: none are configured, and AWS_EC2_METADATA_DISABLED=true rules \
+         out the instance metadata service; {CREDENTIALS}"
+    )))
+}
 
 /// [`explain`] of an error's text.
 pub(crate) fn explain_text(text: &str) -> String {
