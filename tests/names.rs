@@ -198,6 +198,10 @@ async fn leading_zeros_in_a_directory_are_skipped() {
     let out = run(cli().args(["prune", dir, "--keep-last", "1"]));
     assert_eq!(out.code, 0, "{out:#?}");
     assert!(!out.stdout.contains(UNPADDED), "{out:#?}");
+    assert!(
+        out.stdout.contains(&format!("skipped {PADDED}")),
+        "{out:#?}"
+    ); // api
     assert!(tmp.path().join(PADDED).exists());
 }
 
@@ -338,6 +342,9 @@ mod s3 {
         assert!(!out.stdout.contains('\u{1}'), "{out:#?}");
         let out = run(s3_cli(&ep).args(["verify", &url]));
         assert_eq!(out.code, 0, "{out:#?}");
+        let out = run(s3_cli(&ep).args(["prune", &url, "--keep-last", "1"]));
+        assert_eq!(out.code, 0, "{out:#?}");
+        assert!(out.stdout.contains("skipped svc/..:"), "{out:#?}"); // api
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("restored.json");
         let out = run(s3_cli(&ep).args(["restore", &url, "--out", target.to_str().unwrap()]));
