@@ -65,16 +65,20 @@ pub(crate) fn explain_text(text: &str) -> String {
                 or use an https:// endpoint"
             .into();
     }
-    if lower.contains("/latest/api/token")
-        || lower.contains("/latest/meta-data/iam")
-        || lower.contains("error getting credentials")
-        || lower.contains("error fetching credentials")
-        || lower.contains("failed to load credentials")
-    {
+    if lower.contains("/latest/api/token") || lower.contains("/latest/meta-data/") {
         return format!(
             "no S3 credentials: none are configured, and the instance metadata service \
              (asked when none are) gave none; {CREDENTIALS}, or set AWS_METADATA_ENDPOINT \
              if the instance metadata service is elsewhere"
+        );
+    }
+    if lower.contains("error getting credentials")
+        || lower.contains("error fetching credentials")
+        || lower.contains("failed to load credentials")
+    {
+        return format!(
+            "could not get S3 credentials from the configured source ({}); check it, or {CREDENTIALS}",
+            first_words(&strip_bodies(text))
         );
     }
     if let Some(body) = xml_body(text) {
