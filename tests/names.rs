@@ -205,6 +205,31 @@ async fn leading_zeros_in_a_directory_are_skipped() {
     assert!(tmp.path().join(PADDED).exists());
 }
 
+/// A directory holding only the 13-byte `{"tables":{}}` under the largest
+/// name: no backups, not an empty database restored with exit 0; the
+/// message says why the file is skipped.
+#[test]
+fn only_a_hostile_name_is_no_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    empty_backup(tmp.path(), HUGE);
+    let dir = tmp.path().to_str().unwrap();
+    let out_file = tmp.path().join("out").join("restored.json");
+    std::fs::create_dir(tmp.path().join("out")).unwrap();
+    for args in [
+        vec!["restore", dir, "--out", out_file.to_str().unwrap()],
+        vec!["list", dir],
+        vec!["verify", dir],
+    ] {
+        let out = run(cli().args(&args));
+        out.fails(4, "no backups here");
+        assert!(
+            out.stderr.contains("outside 1970-01-01..2200-01-01"),
+            "{out:#?}"
+        ); // api
+    }
+    assert!(!out_file.exists());
+}
+
 /// The naming rules themselves: hostile stamps never overflow or wrap.
 #[test]
 fn hostile_stamps_are_refused_by_name() {

@@ -11,7 +11,7 @@ use dictdb::restore::{ListedFile, Plan};
 use dictdb::{BackupKind, DecryptFailure, Error};
 use serde::Serialize;
 
-use crate::error::{no_backups, CliError, Exit};
+use crate::error::{no_backups_noting, CliError, Exit};
 use crate::output::{about, columns, plural, size, Output};
 use crate::report::{kind, names, SeqRange, TableCount};
 use crate::{keys, store, time};
@@ -78,7 +78,15 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let listing = keys::restore(Arc::clone(&store)).list().await?;
     if !listing.files.iter().any(|f| f.kind.is_some()) {
-        return Err(no_backups(&store.location(), listing.files.len()));
+        let note = listing
+            .files
+            .iter()
+            .find_map(|f| Some((f.name.as_str(), f.note.as_deref()?)));
+        return Err(no_backups_noting(
+            &store.location(),
+            listing.files.len(),
+            note,
+        ));
     }
     let lenient = match &listing.plan {
         Ok(_) => None,

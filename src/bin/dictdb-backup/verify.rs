@@ -10,7 +10,7 @@ use dictdb::restore::{ChainReport, FileReport};
 use dictdb::{BackupKind, Error, Integrity};
 use serde::Serialize;
 
-use crate::error::{no_backups, CliError, Exit};
+use crate::error::{no_backups_noting, CliError, Exit};
 use crate::output::{about, columns, plural, size, Output};
 use crate::progress::Progress;
 use crate::report::{kind, names, SeqRange, TableCount};
@@ -86,7 +86,15 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     progress.finish();
     let report = report?;
     if !report.files.iter().any(|f| f.kind.is_some()) {
-        return Err(no_backups(&store.location(), report.files.len()));
+        let note = report
+            .files
+            .iter()
+            .find_map(|f| Some((f.name.as_str(), f.note.as_deref()?)));
+        return Err(no_backups_noting(
+            &store.location(),
+            report.files.len(),
+            note,
+        ));
     }
     let ok = report.is_ok();
     let newest = report.newest_chain().and_then(|c| c.base.clone());
