@@ -374,6 +374,8 @@ mod s3 {
         let target = tmp.path().join("restored.json");
         let out = run(s3_cli(&ep).args(["restore", &url, "--out", target.to_str().unwrap()]));
         assert_eq!(out.code, 0, "{out:#?}");
+        assert!(out.stderr.contains("skipped svc/..:"), "{out:#?}"); // api
+        assert!(out.stderr.contains(&format!("skipped {HUGE}:")), "{out:#?}"); // api
         let restored = std::fs::read_to_string(&target).unwrap();
         assert!(restored.contains("second"), "{restored}");
     }

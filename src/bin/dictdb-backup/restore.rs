@@ -128,6 +128,12 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     };
     let report = report(&req, &*store, outcome, written).await;
     out.report(&report)?;
+    // What no restore uses although it may look like a backup, on stderr.
+    if let Ok(listing) = store.list_all().await {
+        for s in listing.refuse_untrusted_names().skipped {
+            out.warn(&format!("skipped {}: {}", s.name, s.reason));
+        }
+    }
     if report.complete {
         return Ok(Exit::Ok);
     }
