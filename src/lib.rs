@@ -114,7 +114,7 @@ pub use db::{
 pub use error::{DecryptFailure, Error, Result};
 pub use format::{Compression, FileFormat, Integrity};
 pub use key::Key;
-pub use naming::{BackupKind, BackupName, NameFormat};
+pub use naming::{printable_name, BackupKind, BackupName, NameCheck, NameFormat, LATEST_SECS};
 pub use record::Record;
 pub use restore::{restore_dir, verify_dir, Restored};
 pub use store::{BackupStore, LocalStore};

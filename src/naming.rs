@@ -9,6 +9,51 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::format::FileFormat;
 
+/// The end of the times a backup name may carry: 2200-01-01T00:00:00Z, in
+/// seconds since the Unix epoch. Names at or after it are refused (see
+/// [`BackupName::classify`]): no clock wrote them, and one would sort after
+/// every real backup. The range is 1970-01-01 (0) up to this; an early
+/// time pushes nothing (it sorts first), a late one would push every later
+/// name, and this bound keeps the writer's arithmetic on names far from
+/// overflow.
+pub const LATEST_SECS: u64 = 7_258_118_400;
+
+/// What [`BackupName::classify`] makes of a file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameCheck {
+    /// A backup file name.
+    Backup(BackupName),
+    /// Not named like a backup file (notes, other tools' files): ignored.
+    Other,
+    /// Named like a backup file, but not trusted: never ordered, restored
+    /// or deleted, and reported with this reason.
+    Refused(String),
+}
+
+/// A name as it may be printed: control characters (a newline, an escape
+/// sequence) escaped the way Rust escapes them (`\n`, `\u{1b}`), the rest
+/// unchanged, so a hostile file name cannot forge or hide output lines.
+/// Escaping an escaped name changes nothing.
+///
+/// ```
+/// assert_eq!(dictdb::printable_name("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+/// let once = dictdb::printable_name("a\u{1}b");
+/// assert_eq!(dictdb::printable_name(&once), once);
+/// assert_eq!(dictdb::printable_name("dictdb_backup_1_000001.json"), "dictdb_backup_1_000001.json");
+/// ```
+pub fn printable_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Full backup or delta: the one spelling of a file's kind, in names,
 /// documents and reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,17 +133,57 @@ pub struct BackupName {
 }
 
 impl BackupName {
-    /// Parses a file name; `None` if it is not a backup file name.
+    /// Parses a file name; `None` if it is not a backup file name, or one
+    /// [`classify`](Self::classify) refuses (a timestamp outside
+    /// 0..[`LATEST_SECS`] or with leading zeros).
     pub fn parse(name: &str) -> Option<BackupName> {
+        match BackupName::classify(name) {
+            NameCheck::Backup(n) => Some(n),
+            NameCheck::Other | NameCheck::Refused(_) => None,
+        }
+    }
+
+    /// Parses a file name and says why one shaped like a backup name is not
+    /// trusted: its seconds have leading zeros (the name this library would
+    /// write for that time is another one, so deleting "it" would delete
+    /// nothing, and two names would claim one time), or they lie outside
+    /// 0..[`LATEST_SECS`] (no clock wrote them; a name far
+    /// in the future would sort after every real backup, pass for the
+    /// newest one and push the writer's next names past it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dictdb::{BackupName, NameCheck};
+    ///
+    /// assert!(matches!(
+    ///     BackupName::classify("dictdb_backup_1795682694_732481.json"),
+    ///     NameCheck::Backup(_)
+    /// ));
+    /// assert!(matches!(BackupName::classify("notes.txt"), NameCheck::Other));
+    /// for refused in [
+    ///     "dictdb_backup_18446744073709551615_999999.json",
+    ///     "dictdb_backup_99999999999999999999999_000000.json",
+    ///     "dictdb_backup_7258118400_000000.json",
+    ///     "dictdb_backup_01795682694_732481.json",
+    /// ] {
+    ///     assert!(matches!(BackupName::classify(refused), NameCheck::Refused(_)), "{refused}");
+    /// }
+    /// ```
+    pub fn classify(name: &str) -> NameCheck {
         let (kind, rest) = if let Some(r) = name.strip_prefix("dictdb_backup_") {
             (BackupKind::Full, r)
         } else if let Some(r) = name.strip_prefix("dictdb_delta_") {
             (BackupKind::Delta, r)
         } else {
-            return None;
+            return NameCheck::Other;
         };
-        let (stamp, ext) = rest.split_once('.')?;
-        let (secs, micros) = stamp.split_once('_')?;
+        let Some((stamp, ext)) = rest.split_once('.') else {
+            return NameCheck::Other;
+        };
+        let Some((secs, micros)) = stamp.split_once('_') else {
+            return NameCheck::Other;
+        };
         if secs.is_empty()
             || micros.len() != 6
             || !secs
@@ -106,7 +191,7 @@ impl BackupName {
                 .chain(micros.bytes())
                 .all(|b| b.is_ascii_digit())
         {
-            return None;
+            return NameCheck::Other;
         }
         let (ext, encrypted) = match ext.strip_suffix(".age") {
             Some(inner) => (inner, true),
@@ -118,12 +203,33 @@ impl BackupName {
         };
         let format = match ext {
             "pickle" | "pkl" if !compressed && !encrypted => NameFormat::Pickle,
-            other => NameFormat::Supported(FileFormat::from_extension(other)?),
+            other => match FileFormat::from_extension(other) {
+                Some(f) => NameFormat::Supported(f),
+                None => return NameCheck::Other,
+            },
         };
-        Some(BackupName {
+        if secs.len() > 1 && secs.starts_with('0') {
+            return NameCheck::Refused(format!(
+                "named like a backup, but its seconds have leading zeros ({secs}): \
+                 not a name dictdb writes, so it is neither ordered nor deleted"
+            ));
+        }
+        let secs = match secs.parse::<u64>() {
+            Ok(s) if s < LATEST_SECS => s,
+            _ => {
+                return NameCheck::Refused(format!(
+                    "named like a backup, but its time ({secs} s since 1970) is outside \
+                     1970-01-01..2200-01-01: no clock wrote it, so it is neither ordered nor deleted"
+                ))
+            }
+        };
+        let Ok(micros) = micros.parse() else {
+            return NameCheck::Other;
+        };
+        NameCheck::Backup(BackupName {
             kind,
-            secs: secs.parse().ok()?,
-            micros: micros.parse().ok()?,
+            secs,
+            micros,
             format,
             compressed,
             encrypted,
@@ -187,6 +293,11 @@ pub(crate) struct Namer {
 impl Namer {
     /// Makes every later name sort after `stamp` (an existing file's).
     pub(crate) fn observe(&mut self, stamp: (u64, u32)) {
+        // Only names `classify` accepts come here; anything else could push
+        // every later name towards overflow.
+        if stamp.0 >= LATEST_SECS {
+            return;
+        }
         if self.last.is_none_or(|l| stamp > l) {
             self.last = Some(stamp);
         }
@@ -205,8 +316,10 @@ impl Namer {
         let mut stamp = (now.as_secs(), now.subsec_micros());
         if let Some(last) = self.last {
             if stamp <= last {
+                // Saturating: `observe` keeps `last` far below u64::MAX,
+                // but arithmetic on names must not be able to overflow.
                 stamp = if last.1 >= 999_999 {
-                    (last.0 + 1, 0)
+                    (last.0.saturating_add(1), 0)
                 } else {
                     (last.0, last.1 + 1)
                 };
@@ -250,14 +363,24 @@ mod tests {
         }
         // A clock behind existing files never produces an older name.
         let mut n = Namer::default();
-        n.observe((u64::MAX / 2, 999_999));
+        n.observe((4_000_000_000, 999_999));
         let x = n.next(
             BackupKind::Full,
             FileFormat::MessagePack,
             crate::format::Layers::default(),
         );
-        assert_eq!(x.stamp(), (u64::MAX / 2 + 1, 0));
+        assert_eq!(x.stamp(), (4_000_000_001, 0));
         assert_eq!(BackupName::parse(&x.to_string()), Some(x));
+        // Stamps no accepted name carries are not observed: the largest one
+        // neither overflows nor wraps the next name to 0.
+        let mut n = Namer::default();
+        n.observe((u64::MAX, 999_999));
+        let y = n.next(
+            BackupKind::Full,
+            FileFormat::Json,
+            crate::format::Layers::default(),
+        );
+        assert!(y.secs < LATEST_SECS && y.secs > 1_700_000_000, "{y}");
     }
 
     #[test]

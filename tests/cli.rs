@@ -62,7 +62,10 @@ fn missing_and_empty_directories_are_told_apart() {
     cli(args!["restore", &missing, "--dry-run"]).fails(3, "no such directory");
     cli(args!["restore", tmp.path(), "--dry-run"]).fails(4, "no backups here");
     std::fs::write(tmp.path().join("notes.txt"), "x").unwrap();
-    cli(args!["list", tmp.path()]).fails(4, "its one file is not named dictdb_backup_*");
+    cli(args!["list", tmp.path()]).fails(
+        4,
+        "its one file is not a backup (backups are named dictdb_backup_*",
+    );
     let file = tmp.path().join("notes.txt");
     cli(args!["list", &file]).fails(2, "is a file, not a backup directory");
 }

@@ -131,7 +131,7 @@ async fn a_full_backup_copied_under_a_newer_name_is_detected() {
         t.insert(json!({"v": 2})).unwrap();
         m.backup_delta().await.unwrap();
         m.stop().await.unwrap();
-        let copy = full_name(format, 9_999_999_999);
+        let copy = full_name(format, 4_000_000_000);
         store.put(&copy, store.get(&full).unwrap());
         // Strict: refused, naming the copy and what it was written as.
         refused(&store, &copy, "renamed or copied").await;

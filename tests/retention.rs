@@ -311,8 +311,8 @@ struct Step {
     micros: u32,
     is_full: bool,
     ext: &'static str,
-    /// Spell the seconds with a leading zero (another spelling of the same
-    /// time, which sorts as that time).
+    /// Spell the seconds with a leading zero: no writer's name, so not a
+    /// backup (ignored, never deleted), like a foreign file.
     padded: bool,
 }
 
@@ -398,17 +398,17 @@ fn history() -> impl Strategy<Value = History> {
         -3 * DAY as i64..10 * DAY as i64,
         prop::option::weighted(0.3, any::<prop::sample::Index>()),
     )
-        .prop_map(|(start, steps, foreign, mut rules, now_offset, edge)| {
+        .prop_map(|(start, steps, mut foreign, mut rules, now_offset, edge)| {
             let mut t = start;
             let mut backups = Vec::new();
             for s in steps {
                 t += s.gap;
                 let kind = if s.is_full { "backup" } else { "delta" };
-                let secs = if s.padded {
-                    format!("0{t}")
-                } else {
-                    t.to_string()
-                };
+                if s.padded {
+                    foreign.push(format!("dictdb_{kind}_0{t}_{:06}.{}", s.micros, s.ext));
+                    continue;
+                }
+                let secs = t.to_string();
                 backups.push(Gen {
                     name: format!("dictdb_{kind}_{secs}_{:06}.{}", s.micros, s.ext),
                     secs: t,

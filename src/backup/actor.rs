@@ -168,11 +168,25 @@ impl Actor {
         let _ended = EndGuard(Arc::clone(&self.shared));
         // New names must sort after every file already there, whatever the
         // wall clock says.
-        if let Ok(files) = self.store.list().await {
-            for f in files {
+        // Names it does not trust (a time outside 1970..2200, leading
+        // zeros) and keys no plain name addresses are skipped and reported.
+        if let Ok(listing) = self.store.list_all().await {
+            let listing = listing.refuse_untrusted_names();
+            for f in &listing.files {
                 if let Some(n) = BackupName::parse(&f.name) {
                     self.namer.observe(n.stamp());
                 }
+            }
+            if !listing.skipped.is_empty() {
+                warn!(
+                    entries = listing.skipped.len(),
+                    first = %listing.skipped[0],
+                    "the backup store holds entries that are not backup files; they are skipped"
+                );
+                self.shared.status.set_skipped(listing.skipped.clone());
+                let _ = self.events.send(BackupEvent::EntriesSkipped {
+                    entries: listing.skipped,
+                });
             }
         }
         // A process killed while writing leaves its temporary file behind.
@@ -560,7 +574,11 @@ impl Actor {
                     _ = deadline_passed(self.deadline.clone()) => {
                         warn!("retention cut short by the shutdown deadline");
                     }
-                    () = retention::prune(&*self.store, policy, now, &self.events) => {}
+                    skipped = retention::prune(&*self.store, policy, now, &self.events) => {
+                        if let Some(skipped) = skipped {
+                            self.shared.status.set_skipped(skipped);
+                        }
+                    }
                 }
             }
         }

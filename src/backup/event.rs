@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::naming::BackupKind;
+use crate::store::SkippedEntry;
 
 /// A backup file that was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +95,17 @@ pub enum BackupEvent {
     SubscriberLagged {
         /// Events this subscriber missed.
         missed: u64,
+    },
+    /// The store holds entries that are not backup files although they may
+    /// look like one: names shaped like a backup's that are not trusted (a
+    /// time outside 1970..2200, seconds with leading zeros; see
+    /// [`crate::BackupName::classify`]) and object keys no plain name
+    /// addresses (`svc/..`, `svc//x`, control characters). They are never
+    /// ordered, restored or deleted. Sent whenever the manager lists the
+    /// store and finds some: when it starts, and before each prune.
+    EntriesSkipped {
+        /// The entries and why each is skipped.
+        entries: Vec<SkippedEntry>,
     },
     /// Retention could not delete a file (not fatal: it is tried again
     /// after the next full backup).

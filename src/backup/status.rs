@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::naming::BackupKind;
+use crate::store::SkippedEntry;
 
 /// The manager's state, as [`crate::BackupManager::status`] returns it.
 ///
@@ -63,6 +64,9 @@ pub struct BackupStatus {
     /// Set while automatic backups wait after failures: the time until the
     /// next attempt.
     pub retry_in: Option<Duration>,
+    /// Entries of the store skipped when the manager last listed it (see
+    /// [`crate::BackupEvent::EntriesSkipped`]); empty when there were none.
+    pub skipped: Vec<SkippedEntry>,
 }
 
 /// A backup that was written.
@@ -109,6 +113,7 @@ struct Inner {
     in_flight: bool,
     next_due: Option<Instant>,
     retry_at: Option<Instant>,
+    skipped: Vec<SkippedEntry>,
 }
 
 impl StatusCell {
@@ -131,6 +136,10 @@ impl StatusCell {
 
     pub(crate) fn set_pending(&self, changes: u64) {
         self.with(|s| s.changes_pending = changes);
+    }
+
+    pub(crate) fn set_skipped(&self, skipped: Vec<SkippedEntry>) {
+        self.with(|s| s.skipped = skipped);
     }
 
     pub(crate) fn set_in_flight(&self, in_flight: bool) {
@@ -185,6 +194,7 @@ impl StatusCell {
             in_flight: g.in_flight,
             next_due_in: g.next_due.map(until),
             retry_in: g.retry_at.filter(|t| *t > now).map(until),
+            skipped: g.skipped.clone(),
         }
     }
 }

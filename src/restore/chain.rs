@@ -13,8 +13,8 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, Result};
 use crate::format::transform::{plain_prefix, Prefix};
 use crate::format::{decode_header, FileFormat, Header, Integrity, Keys, Layers};
-use crate::naming::{BackupKind, BackupName, NameFormat};
-use crate::store::{BackupStore, StoredFile};
+use crate::naming::{BackupKind, BackupName, NameCheck, NameFormat};
+use crate::store::{BackupStore, SkippedEntry, StoredFile};
 
 /// First bytes read for a header; doubled until the header fits.
 const HEADER_PROBE: u64 = 4096;
@@ -68,6 +68,9 @@ pub(crate) struct Catalog {
     pub(crate) keys: Keys,
     pub(crate) entries: Vec<Entry>,
     pub(crate) foreign: Vec<StoredFile>,
+    /// Entries of the store that are not files (object keys no plain name
+    /// addresses): reported, never read.
+    pub(crate) skipped: Vec<SkippedEntry>,
     /// The first file (in write order) that carries dictdb metadata.
     first_ours: OnceCell<Option<BackupName>>,
 }
@@ -77,7 +80,8 @@ impl Catalog {
     pub(crate) async fn load(store: Arc<dyn BackupStore>, keys: Keys) -> Result<Catalog> {
         let mut entries = Vec::new();
         let mut foreign = Vec::new();
-        for file in store.list().await? {
+        let listing = store.list_all().await?;
+        for file in listing.files {
             match BackupName::parse(&file.name) {
                 Some(name) => entries.push(Entry { name, file }),
                 None => foreign.push(file),
@@ -90,8 +94,18 @@ impl Catalog {
             keys,
             entries,
             foreign,
+            skipped: listing.skipped,
             first_ours: OnceCell::new(),
         })
+    }
+
+    /// Why a file not taken as a backup is skipped, when its name is shaped
+    /// like a backup's ([`NameCheck::Refused`]).
+    pub(crate) fn note(&self, name: &str) -> Option<String> {
+        match BackupName::classify(name) {
+            NameCheck::Refused(reason) => Some(reason),
+            _ => None,
+        }
     }
 
     /// Reads a file's header from its first bytes (a ranged read): kind,

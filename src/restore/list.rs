@@ -42,13 +42,18 @@ pub struct ListedFile {
     pub encrypted: bool,
     /// Why the header could not be read or does not match the name.
     pub error: Option<Error>,
+    /// Why an entry is skipped (a name shaped like a backup's that is not
+    /// trusted, an object key no plain name addresses); `None` for the
+    /// others. A skipped entry is not a backup file (`kind` is `None`).
+    pub note: Option<String>,
 }
 
 /// What [`list_store`] found.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Listing {
-    /// Backup files in write order, then the others by name.
+    /// Backup files in write order, then the others by name, then the
+    /// entries skipped (with a [`ListedFile::note`]).
     pub files: Vec<ListedFile>,
     /// What a restore would use, from the headers
     /// ([`Restore::quick_plan`]), or why it cannot.
@@ -80,6 +85,7 @@ pub(crate) async fn list_with(opts: &Restore) -> Result<Listing> {
             compressed: e.name.compressed,
             encrypted: e.name.encrypted,
             error: None,
+            note: None,
         };
         let header = catalog.header(e).await;
         match header.and_then(|h| check_identity(e, &h).map(|()| h)) {
@@ -116,6 +122,21 @@ pub(crate) async fn list_with(opts: &Restore) -> Result<Listing> {
         compressed: false,
         encrypted: false,
         error: None,
+        note: catalog.note(&f.name),
+    }));
+    files.extend(catalog.skipped.iter().map(|s| ListedFile {
+        name: s.name.clone(),
+        kind: None,
+        size: s.size.unwrap_or(0),
+        timestamp: None,
+        seq: None,
+        tables: Vec::new(),
+        records: None,
+        ours: false,
+        compressed: false,
+        encrypted: false,
+        error: None,
+        note: Some(s.reason.clone()),
     }));
     let plan = opts.quick_plan().await;
     Ok(Listing { files, plan })

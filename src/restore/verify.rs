@@ -46,6 +46,10 @@ pub struct FileReport {
     pub tables: Vec<TableSummary>,
     /// Records (full) or upserts plus deletes (delta) in the file.
     pub records: u64,
+    /// Why an entry is skipped (a name shaped like a backup's that is not
+    /// trusted, an object key no plain name addresses); `None` for the
+    /// others. A skipped entry is not a backup file (`kind` is `None`).
+    pub note: Option<String>,
 }
 
 /// The check of one chain: a full backup and the deltas after it, restored
@@ -67,7 +71,8 @@ pub struct ChainReport {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// One entry per file: backup files in write order, then foreign files.
+    /// One entry per file: backup files in write order, then foreign files,
+    /// then the entries skipped (with a [`FileReport::note`]).
     pub files: Vec<FileReport>,
     /// Every chain of the store, oldest first.
     pub chains: Vec<ChainReport>,
@@ -102,6 +107,7 @@ fn report(file: &StoredFile, kind: Option<BackupKind>, timestamp: Option<f64>) -
         timestamp,
         tables: Vec::new(),
         records: 0,
+        note: None,
     }
 }
 
@@ -165,6 +171,7 @@ fn summarize(file: &StoredFile, timestamp: Option<f64>, checked: Result<Seen>) -
         timestamp: timestamp.or(seen.header.timestamp),
         records: seen.tables.iter().map(|t| t.records + t.deletes).sum(),
         tables: seen.tables,
+        note: None,
     }
 }
 
@@ -234,7 +241,20 @@ pub(crate) async fn verify_with(opts: &Restore) -> Result<VerifyReport> {
             None => check_one(&opts, &catalog, &catalog.entries[i]).await,
         });
     }
-    out.extend(catalog.foreign.iter().map(|f| report(f, None, None)));
+    out.extend(catalog.foreign.iter().map(|f| {
+        let mut r = report(f, None, None);
+        r.note = catalog.note(&f.name);
+        r
+    }));
+    out.extend(catalog.skipped.iter().map(|s| {
+        let f = StoredFile {
+            name: s.name.clone(),
+            size: s.size.unwrap_or(0),
+        };
+        let mut r = report(&f, None, None);
+        r.note = Some(s.reason.clone());
+        r
+    }));
     Ok(VerifyReport { files: out, chains })
 }
 

@@ -10,6 +10,10 @@ pub(crate) mod local;
 mod lock;
 #[cfg(feature = "object-store")]
 mod object;
+#[cfg(feature = "object-store")]
+mod object_errors;
+#[cfg(feature = "object-store")]
+mod s3_list;
 
 use std::fmt;
 use std::io::Read;
@@ -34,6 +38,76 @@ pub struct StoredFile {
     pub size: u64,
 }
 
+/// An entry of a store that cannot be a backup file: an object key that
+/// is not a plain name (`svc/..`, `svc//x`, a control character), or a name
+/// shaped like a backup that is not trusted (see
+/// [`crate::BackupName::classify`]). Never read, restored, ordered or
+/// deleted; listings, `verify` and the backup manager report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkippedEntry {
+    /// The name or key, printable: control characters escaped
+    /// ([`crate::printable_name`]).
+    pub name: String,
+    /// Size in bytes, when the listing says.
+    pub size: Option<u64>,
+    /// Why it is skipped.
+    pub reason: String,
+}
+
+impl SkippedEntry {
+    /// An entry called `name` (escaped here), skipped for `reason`.
+    pub fn new(name: &str, size: Option<u64>, reason: impl Into<String>) -> SkippedEntry {
+        SkippedEntry {
+            name: crate::naming::printable_name(name),
+            size,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for SkippedEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.reason)
+    }
+}
+
+/// What [`BackupStore::list_all`] found: the files, and what was skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreListing {
+    /// Every file, as [`BackupStore::list`] returns them.
+    pub files: Vec<StoredFile>,
+    /// Entries that are not files of the store (keys object storage holds
+    /// but no plain name can address).
+    pub skipped: Vec<SkippedEntry>,
+}
+
+impl StoreListing {
+    /// A listing of `files` and `skipped` entries.
+    pub fn new(files: Vec<StoredFile>, skipped: Vec<SkippedEntry>) -> StoreListing {
+        StoreListing { files, skipped }
+    }
+
+    /// Splits off the files named like backups whose names are not trusted
+    /// ([`NameCheck::Refused`](crate::NameCheck::Refused)) into
+    /// [`skipped`](Self::skipped), with the reason.
+    pub fn refuse_untrusted_names(mut self) -> StoreListing {
+        let mut files = Vec::with_capacity(self.files.len());
+        for f in std::mem::take(&mut self.files) {
+            match crate::naming::BackupName::classify(&f.name) {
+                crate::naming::NameCheck::Refused(reason) => {
+                    self.skipped
+                        .push(SkippedEntry::new(&f.name, Some(f.size), reason));
+                }
+                _ => files.push(f),
+            }
+        }
+        self.files = files;
+        self
+    }
+}
+
 /// Where backup files are kept.
 ///
 /// Implementations must make a file visible under its final name only once
@@ -46,6 +120,16 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
 
     /// Every file in the store (temporary files excluded).
     async fn list(&self) -> Result<Vec<StoredFile>>;
+
+    /// Every file in the store, and the entries that cannot be files of it
+    /// ([`SkippedEntry`]: object keys no plain name addresses), so that
+    /// listings can report them. One stray entry never fails the listing.
+    ///
+    /// The default is [`list`](Self::list) with nothing skipped; object
+    /// storage overrides it.
+    async fn list_all(&self) -> Result<StoreListing> {
+        Ok(StoreListing::new(self.list().await?, Vec::new()))
+    }
 
     /// Starts writing the file `name`. Nothing is visible under `name` until
     /// the writer commits.

@@ -31,7 +31,12 @@ use object_store::{
 };
 use tracing::warn;
 
-use super::{check_name, BackupStore, BackupWriter, FileReader, LocalStore, StoredFile, LOCK_FILE};
+use super::object_errors::{chain, check_credentials, explain};
+use super::s3_list::{self, TolerantLists};
+use super::{
+    check_name, BackupStore, BackupWriter, FileReader, LocalStore, SkippedEntry, StoreListing,
+    StoredFile, LOCK_FILE,
+};
 use crate::error::{Error, Result};
 
 /// The smallest part S3 accepts for every part but the last.
@@ -328,13 +333,22 @@ impl ObjectBackupStore {
     ///   for tests; clone the result to share it.
     ///
     /// No request is sent: a wrong endpoint, bucket or credential shows at
-    /// the first operation. Errors: an unparsable URL, another scheme,
-    /// invalid options, a prefix that is not a valid object path.
+    /// the first operation, except that with `AWS_EC2_METADATA_DISABLED=true`
+    /// (which object_store itself ignores) an S3 URL with no credentials
+    /// configured is refused here, naming the settings that provide them.
+    ///
+    /// Errors: an unparsable URL, another scheme, invalid options, a prefix
+    /// that is not a valid object path, an `s3://` or `memory://` URL with a
+    /// part that would be ignored (user, password, port, query, fragment) or
+    /// a prefix with `.` or `..` segments.
     pub fn from_url_with(url: &str, options: &ObjectStoreOptions) -> Result<ObjectBackupStore> {
         options.validate()?;
         let parsed = url::Url::parse(url)
             .map_err(|e| Error::Config(format!("invalid backup store URL {url:?}: {e}")))?;
         let scheme = parsed.scheme().to_ascii_lowercase();
+        if matches!(scheme.as_str(), "s3" | "s3a" | "memory") {
+            check_url_parts(url, &parsed)?;
+        }
         let (inner, prefix, location): (Arc<dyn ObjectStore>, Path, String) = match scheme.as_str()
         {
             "s3" | "s3a" => {
@@ -345,7 +359,9 @@ impl ObjectBackupStore {
                     )));
                 }
                 let prefix = url_prefix(url, parsed.path())?;
-                let s3 = s3_builder(bucket, options)?
+                let builder = s3_builder(bucket, options)?;
+                check_credentials(&builder)?;
+                let s3 = builder
                     .build()
                     .map_err(|e| Error::Config(format!("S3 store for {url:?}: {}", chain(&e))))?;
                 let location = join_location(&format!("{scheme}://{bucket}"), &prefix);
@@ -428,7 +444,7 @@ impl ObjectBackupStore {
     fn error(&self, name: &str, e: &object_store::Error) -> Error {
         Error::Store {
             path: self.display(name),
-            message: chain(e),
+            message: explain(e),
         }
     }
 }
@@ -437,7 +453,8 @@ impl ObjectBackupStore {
 fn s3_builder(bucket: &str, options: &ObjectStoreOptions) -> Result<AmazonS3Builder> {
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_retry(options.retry_config());
+        .with_retry(options.retry_config())
+        .with_http_connector(TolerantLists);
     if let Some(t) = options.connect_timeout {
         b = b.with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
@@ -470,6 +487,47 @@ fn millis(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
 }
 
+/// Refuses the parts of an `s3://` or `memory://` URL that would be
+/// ignored (user, password, port, query, fragment) and a prefix with `.` or
+/// `..` segments, which URL parsing would resolve (`svc/../svc2` is
+/// `svc2`): a URL means exactly the bucket and prefix it spells.
+fn check_url_parts(url: &str, parsed: &url::Url) -> Result<()> {
+    let ignored = [
+        (!parsed.username().is_empty(), "a user name"),
+        (parsed.password().is_some(), "a password"),
+        (parsed.port().is_some(), "a port"),
+        (parsed.query().is_some(), "a query (`?...`)"),
+        (parsed.fragment().is_some(), "a fragment (`#...`)"),
+    ];
+    if let Some((_, what)) = ignored.iter().find(|(has, _)| *has) {
+        return Err(Error::Config(format!(
+            "backup store URL {url:?} has {what}, which would be ignored: the URL names only \
+             the bucket and prefix (s3://BUCKET/prefix); credentials, endpoint and region come \
+             from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_REGION or \
+             ObjectStoreOptions::s3_config"
+        )));
+    }
+    // The path as written, before URL parsing resolves dot segments.
+    let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
+    let raw = after_scheme
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .split_once('/')
+        .map_or("", |(_, path)| path);
+    let dot = raw.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    if dot {
+        return Err(Error::Config(format!(
+            "backup store URL {url:?}: the prefix has `.` or `..` segments; spell the prefix \
+             it should resolve to"
+        )));
+    }
+    Ok(())
+}
+
 fn url_prefix(url: &str, path: &str) -> Result<Path> {
     Path::from_url_path(path).map_err(|e| {
         Error::Config(format!(
@@ -487,21 +545,6 @@ fn join_location(base: &str, rest: impl fmt::Display) -> String {
     } else {
         format!("{base}/{rest}")
     }
-}
-
-/// An error and its sources, each once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Opens a backup store from a URL or a directory path, with default
@@ -544,6 +587,10 @@ impl BackupStore for ObjectBackupStore {
     }
 
     async fn list(&self) -> Result<Vec<StoredFile>> {
+        Ok(self.list_all().await?.files)
+    }
+
+    async fn list_all(&self) -> Result<StoreListing> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
         let listing = self
             .inner
@@ -551,29 +598,48 @@ impl BackupStore for ObjectBackupStore {
             .await
             .map_err(|e| Error::Store {
                 path: self.location.clone(),
-                message: chain(&e),
+                message: explain(&e),
             })?;
-        let mut out: Vec<StoredFile> = listing
-            .objects
-            .into_iter()
-            .filter_map(|meta| {
-                let mut rest = meta.location.prefix_match(&self.prefix)?;
-                let name = rest.next()?.as_ref().to_string();
-                if rest.next().is_some()
-                    || name.starts_with(LOCAL_TMP_PREFIX)
-                    || name == LOCK_FILE
-                    || check_name(&name).is_err()
-                {
-                    return None;
-                }
-                Some(StoredFile {
-                    name,
-                    size: meta.size,
-                })
-            })
-            .collect();
+        let mut skipped = Vec::new();
+        // Keys object_store cannot represent come back as stand-ins (see
+        // `s3_list`): reported, never files.
+        for dir in &listing.common_prefixes {
+            if let Some(last) = dir.filename() {
+                skipped.extend(s3_list::skipped(last, None));
+            }
+        }
+        let mut out: Vec<StoredFile> = Vec::with_capacity(listing.objects.len());
+        for meta in listing.objects {
+            let Some(mut rest) = meta.location.prefix_match(&self.prefix) else {
+                continue;
+            };
+            let Some(name) = rest.next().map(|p| p.as_ref().to_string()) else {
+                continue;
+            };
+            if rest.next().is_some() || name.starts_with(LOCAL_TMP_PREFIX) || name == LOCK_FILE {
+                continue;
+            }
+            if let Some(entry) = s3_list::skipped(&name, Some(meta.size)) {
+                skipped.push(entry);
+                continue;
+            }
+            // A key object_store parses but no plain name addresses.
+            if check_name(&name).is_err() || self.object(&name).is_err() {
+                skipped.push(SkippedEntry::new(
+                    &join_location(self.prefix.as_ref(), &name),
+                    Some(meta.size),
+                    "not a plain file name: not a backup file, skipped",
+                ));
+                continue;
+            }
+            out.push(StoredFile {
+                name,
+                size: meta.size,
+            });
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        skipped.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(StoreListing::new(out, skipped))
     }
 
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
@@ -981,10 +1047,15 @@ mod tests {
 
     #[test]
     fn urls() {
-        let s = ObjectBackupStore::from_url("s3://bucket/some/prefix/").unwrap();
+        // Credentials given: with AWS_EC2_METADATA_DISABLED=true and none in
+        // the environment, an S3 store is refused when opened.
+        let creds = ObjectStoreOptions::default()
+            .s3_config("aws_access_key_id", "k")
+            .s3_config("aws_secret_access_key", "s");
+        let s = ObjectBackupStore::from_url_with("s3://bucket/some/prefix/", &creds).unwrap();
         assert_eq!(s.location(), "s3://bucket/some/prefix");
         assert_eq!(s.prefix().as_ref(), "some/prefix");
-        let s = ObjectBackupStore::from_url("s3://bucket").unwrap();
+        let s = ObjectBackupStore::from_url_with("s3://bucket", &creds).unwrap();
         assert_eq!(s.location(), "s3://bucket");
         assert_eq!(s.prefix().as_ref(), "");
         let s = ObjectBackupStore::from_url("memory://").unwrap();
@@ -997,6 +1068,15 @@ mod tests {
             "file://relative/dir",
             "s3://bucket/a//b",
             "not a url://x",
+            "s3://user:secret@bucket/p",
+            "s3://user@bucket/p",
+            "s3://bucket:9000/p",
+            "s3://bucket/p?region=eu-west-1",
+            "s3://bucket/p#frag",
+            "s3://bucket/svc/../svc2",
+            "s3://bucket/svc/./x",
+            "s3://bucket/svc/%2E%2E/svc2",
+            "memory://x/../y",
         ] {
             assert!(
                 matches!(ObjectBackupStore::from_url(bad), Err(Error::Config(_))),

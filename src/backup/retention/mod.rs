@@ -83,35 +83,50 @@ pub use plan::{
 pub use policy::RetentionPolicy;
 
 use super::BackupEvent;
-use crate::store::BackupStore;
+use crate::store::{BackupStore, SkippedEntry};
 
 /// Lists the store, plans with `policy` at `now`, and applies the plan,
 /// reporting what went as [`BackupEvent::Pruned`] and a failure (to list, or
 /// the deletion that stopped the prune) as [`BackupEvent::PruneFailed`].
 /// Never fatal: what stays is pruned after the next full backup.
+///
+/// Entries the listing skipped (see [`BackupEvent::EntriesSkipped`]) are
+/// reported and returned (`None`: the store could not be listed); their
+/// names never reach the plan, so none is ever deleted.
 pub(crate) async fn prune(
     store: &dyn BackupStore,
     policy: &RetentionPolicy,
     now: SystemTime,
     events: &broadcast::Sender<BackupEvent>,
-) {
+) -> Option<Vec<SkippedEntry>> {
     if policy.keeps_everything() {
-        return;
+        return None;
     }
-    let files = match store.list().await {
-        Ok(f) => f,
+    let listing = match store.list_all().await {
+        Ok(l) => l.refuse_untrusted_names(),
         Err(error) => {
             warn!(cause = %error, "retention could not list the backup store");
             let _ = events.send(BackupEvent::PruneFailed {
                 file: store.location(),
                 error,
             });
-            return;
+            return None;
         }
     };
-    let plan = policy.plan(&files, now);
+    let skipped = listing.skipped;
+    if !skipped.is_empty() {
+        warn!(
+            entries = skipped.len(),
+            first = %skipped[0],
+            "the backup store holds entries that are not backup files; they are skipped"
+        );
+        let _ = events.send(BackupEvent::EntriesSkipped {
+            entries: skipped.clone(),
+        });
+    }
+    let plan = policy.plan(&listing.files, now);
     if plan.deletions().is_empty() {
-        return;
+        return Some(skipped);
     }
     let report = plan.apply(store).await;
     if !report.deleted.is_empty() {
@@ -135,6 +150,7 @@ pub(crate) async fn prune(
             error: failure.error,
         });
     }
+    Some(skipped)
 }
 
 #[cfg(test)]
@@ -365,15 +381,11 @@ mod tests {
         let plan = RetentionPolicy::default()
             .keep_last(1)
             .plan(&files, at(200));
-        // Fulls: 0100.json < 100.json < 100.msgpack; both deltas belong to
-        // the last, which is the newest chain.
-        assert_eq!(
-            gone(&plan),
-            [
-                "dictdb_backup_0100_000000.json",
-                "dictdb_backup_100_000000.json"
-            ]
-        );
+        // Fulls: 100.json < 100.msgpack; both deltas belong to the last,
+        // which is the newest chain. A padded name is no writer's: ignored,
+        // never deleted (its unpadded spelling is another file).
+        assert_eq!(gone(&plan), ["dictdb_backup_100_000000.json"]);
+        assert_eq!(plan.ignored(), ["dictdb_backup_0100_000000.json"]);
         assert_eq!(
             kept(&plan),
             [
@@ -420,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn names_beyond_the_calendar_are_kept_by_other_rules_only() {
+    fn names_beyond_2200_are_ignored_never_kept_or_deleted() {
         let files = [
             f("dictdb_backup_1700000000_000000.json"),
             f("dictdb_backup_1800000000_000000.json"),
@@ -430,23 +442,19 @@ mod tests {
         let plan = RetentionPolicy::default()
             .keep_daily(1)
             .plan(&files, at(1_800_000_000));
-        // Only the newest chain keeps a name beyond the year 9999.
+        // A name past 2200 is no clock's: it neither passes for the newest
+        // chain nor is deleted.
+        assert_eq!(gone(&plan), ["dictdb_backup_1700000000_000000.json"]);
+        assert_eq!(kept(&plan), ["dictdb_backup_1800000000_000000.json"]);
         assert_eq!(
-            gone(&plan),
+            plan.ignored(),
             [
-                "dictdb_backup_1700000000_000000.json",
+                "dictdb_backup_18446744073709551615_999999.json",
                 "dictdb_backup_99999999999999_000000.json"
             ]
         );
-        assert_eq!(plan.kept()[1].reasons, [KeepReason::NewestChain]);
-        assert_eq!(
-            plan.kept()[0].reasons,
-            [KeepReason::Daily {
-                year: 2027,
-                month: 1,
-                day: 15
-            }]
-        );
+        let text = plan.to_string();
+        assert!(text.contains("outside 1970-01-01..2200-01-01"), "{text}");
     }
 
     #[test]

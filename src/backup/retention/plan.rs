@@ -304,7 +304,11 @@ impl fmt::Display for RetentionPlan {
             write!(f, "\nkeep {k}")?;
         }
         for name in &self.ignored {
-            write!(f, "\nignore {name}: not a backup file")?;
+            let shown = crate::naming::printable_name(name);
+            match BackupName::classify(name) {
+                crate::naming::NameCheck::Refused(why) => write!(f, "\nignore {shown}: {why}")?,
+                _ => write!(f, "\nignore {shown}: not a backup file")?,
+            }
         }
         Ok(())
     }

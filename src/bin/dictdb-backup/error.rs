@@ -150,15 +150,30 @@ impl From<std::fmt::Error> for CliError {
 
 /// "no backups here": a store with no backup file (`others` other files).
 pub(crate) fn no_backups(location: &str, others: usize) -> CliError {
+    no_backups_noting(location, others, None)
+}
+
+/// [`no_backups`], naming one skipped entry and why (a name shaped like a
+/// backup's that is not trusted, a key no plain name addresses).
+pub(crate) fn no_backups_noting(
+    location: &str,
+    others: usize,
+    skipped: Option<(&str, &str)>,
+) -> CliError {
+    const RULE: &str = "(backups are named dictdb_backup_* or dictdb_delta_* with a time \
+                        before 2200 and no leading zeros)";
     let what = match others {
         0 => "it is empty".to_string(),
-        1 => "its one file is not named dictdb_backup_* or dictdb_delta_*".to_string(),
-        n => format!("none of its {n} files is named dictdb_backup_* or dictdb_delta_*"),
+        1 => format!("its one file is not a backup {RULE}"),
+        n => format!("none of its {n} files is a backup {RULE}"),
     };
+    let note = skipped
+        .map(|(name, why)| format!("; skipped {}: {why}", dictdb::printable_name(name)))
+        .unwrap_or_default();
     CliError::new(
         Exit::NoBackups,
         "no_backups",
-        format!("{location}: no backups here ({what})"),
+        format!("{location}: no backups here: {what}{note}"),
     )
     .about(location)
 }
@@ -201,7 +216,17 @@ pub(crate) async fn explain(
         .collect();
     names.sort();
     let Some(first) = names.first() else {
-        return no_backups(&location, files.len());
+        let refused = files
+            .iter()
+            .find_map(|f| match BackupName::classify(&f.name) {
+                dictdb::NameCheck::Refused(why) => Some((f.name.as_str(), why)),
+                _ => None,
+            });
+        return no_backups_noting(
+            &location,
+            files.len(),
+            refused.as_ref().map(|(n, why)| (*n, why.as_str())),
+        );
     };
     let first_full = names.iter().find(|n| n.kind == BackupKind::Full);
     let at = |n: &BackupName| time::of_name(n).map_or_else(|| "-".to_string(), time::format);

@@ -11,7 +11,7 @@ use dictdb::restore::{ListedFile, Plan};
 use dictdb::{BackupKind, DecryptFailure, Error};
 use serde::Serialize;
 
-use crate::error::{no_backups, CliError, Exit};
+use crate::error::{no_backups_noting, CliError, Exit};
 use crate::output::{about, columns, plural, size, Output};
 use crate::report::{kind, names, SeqRange, TableCount};
 use crate::{keys, store, time};
@@ -39,8 +39,12 @@ struct Entry {
     size: u64,
     /// `ok` (dictdb header read), `no_metadata` (the Python original's
     /// file: nothing to check it against), `encrypted` (no identity given
-    /// opens it: only its name is known), `damaged`, `ignored`.
+    /// opens it: only its name is known), `damaged`, `ignored`, `skipped`
+    /// (named like a backup but not trusted, or an object key no plain
+    /// name addresses: see `note`).
     status: &'static str,
+    /// Why an entry is skipped.
+    note: Option<String>,
     /// Compressed (`.zst`).
     compressed: bool,
     /// Encrypted (`.age`).
@@ -74,7 +78,15 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let listing = keys::restore(Arc::clone(&store)).list().await?;
     if !listing.files.iter().any(|f| f.kind.is_some()) {
-        return Err(no_backups(&store.location(), listing.files.len()));
+        let note = listing
+            .files
+            .iter()
+            .find_map(|f| Some((f.name.as_str(), f.note.as_deref()?)));
+        return Err(no_backups_noting(
+            &store.location(),
+            listing.files.len(),
+            note,
+        ));
     }
     let lenient = match &listing.plan {
         Ok(_) => None,
@@ -119,6 +131,7 @@ impl Entry {
             })
         );
         let status = match (&f.kind, &f.error) {
+            (None, _) if f.note.is_some() => "skipped",
             (None, _) => "ignored",
             (Some(_), Some(_)) if locked => "encrypted",
             (Some(_), Some(_)) => "damaged",
@@ -141,6 +154,7 @@ impl Entry {
             compressed: f.compressed,
             encrypted: f.encrypted,
             error: f.error.as_ref().map(|e| about(e, &f.name)),
+            note: f.note.clone(),
             in_chain,
             in_lenient_chain,
         }
@@ -163,13 +177,14 @@ impl Entry {
             ("ok", _) => "header ok".to_string(),
             ("no_metadata", _) => "no checksum (Python original)".to_string(),
             ("ignored", _) => "ignored (not a backup)".to_string(),
+            ("skipped", _) => format!("SKIPPED: {}", self.note.as_deref().unwrap_or_default()),
             ("encrypted", Some(e)) => format!("encrypted: {e}"),
             (_, Some(e)) => format!("DAMAGED: {e}"),
             (other, None) => other.to_string(),
         };
         vec![
             mark.into(),
-            self.name.clone(),
+            dictdb::printable_name(&self.name),
             self.kind.unwrap_or("-").into(),
             self.time.clone().unwrap_or_else(|| "-".into()),
             SeqRange::show(self.seq),

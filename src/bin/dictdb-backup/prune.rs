@@ -36,6 +36,10 @@ struct PruneReport {
     delete: Vec<Gone>,
     keep: Vec<Kept>,
     ignored: Vec<String>,
+    /// Entries never pruned because they are not trusted as backups: names
+    /// shaped like a backup's outside 1970..2200 or with leading zeros,
+    /// object keys no plain name addresses. Also in `ignored` when named.
+    skipped: Vec<Skipped>,
     bytes_freed: u64,
     /// Deleted (empty in a dry run).
     deleted: Vec<String>,
@@ -59,6 +63,13 @@ struct Kept {
 }
 
 #[derive(Serialize)]
+struct Skipped {
+    /// Control characters escaped.
+    name: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
 struct Failed {
     file: String,
     error: String,
@@ -79,9 +90,17 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         ));
     }
     let store = store::open(&req.store)?;
-    let files = store.list().await?;
-    let plan = policy.plan(&files, SystemTime::now());
+    let listing = store.list_all().await?;
+    let plan = policy.plan(&listing.files, SystemTime::now());
     let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
+    let refused = listing.refuse_untrusted_names().skipped;
+    report.skipped = refused
+        .into_iter()
+        .map(|s| Skipped {
+            name: s.name,
+            reason: s.reason,
+        })
+        .collect();
     if !req.dry_run && !plan.deletions().is_empty() {
         let done = plan.apply(&*store).await;
         report.deleted = done.deleted;
@@ -129,6 +148,7 @@ impl PruneReport {
                 })
                 .collect(),
             ignored: plan.ignored().to_vec(),
+            skipped: Vec::new(),
             bytes_freed: plan.bytes_freed(),
             deleted: Vec::new(),
             failed: None,
@@ -139,6 +159,9 @@ impl PruneReport {
 
 impl fmt::Display for PruneReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.skipped {
+            writeln!(f, "skipped {}: {}", s.name, s.reason)?;
+        }
         if self.dry_run {
             writeln!(f, "dry run: nothing deleted from {}", self.store)?;
             return writeln!(f, "{}", self.plan);

@@ -128,6 +128,12 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     };
     let report = report(&req, &*store, outcome, written).await;
     out.report(&report)?;
+    // What no restore uses although it may look like a backup, on stderr.
+    if let Ok(listing) = store.list_all().await {
+        for s in listing.refuse_untrusted_names().skipped {
+            out.warn(&format!("skipped {}: {}", s.name, s.reason));
+        }
+    }
     if report.complete {
         return Ok(Exit::Ok);
     }
@@ -257,7 +263,11 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
         )
         .about(shown));
     }
-    let backup_named = name.to_str().and_then(BackupName::parse).is_some();
+    // Also a name shaped like a backup's that is not trusted: it would sit
+    // in the store as a skipped entry.
+    let backup_named = name
+        .to_str()
+        .is_some_and(|n| !matches!(BackupName::classify(n), dictdb::NameCheck::Other));
     let same_dir = !store::is_url(dir)
         && matches!((parent.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
     if backup_named && same_dir {

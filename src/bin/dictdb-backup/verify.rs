@@ -10,7 +10,7 @@ use dictdb::restore::{ChainReport, FileReport};
 use dictdb::{BackupKind, Error, Integrity};
 use serde::Serialize;
 
-use crate::error::{no_backups, CliError, Exit};
+use crate::error::{no_backups_noting, CliError, Exit};
 use crate::output::{about, columns, plural, size, Output};
 use crate::progress::Progress;
 use crate::report::{kind, names, SeqRange, TableCount};
@@ -41,8 +41,12 @@ pub(crate) struct Checked {
     pub(crate) changes: Option<u64>,
     pub(crate) size: u64,
     /// `verified`, `unverified` (no checksum: the Python original's),
-    /// `damaged`, `unsupported`, `unreadable` or `ignored`.
+    /// `damaged`, `unsupported`, `unreadable`, `ignored` or `skipped`
+    /// (named like a backup but not trusted, or an object key no plain
+    /// name addresses: see `note`).
     pub(crate) status: &'static str,
+    /// Why an entry is skipped.
+    pub(crate) note: Option<String>,
     pub(crate) checksum: Option<String>,
     pub(crate) error: Option<String>,
 }
@@ -82,7 +86,15 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     progress.finish();
     let report = report?;
     if !report.files.iter().any(|f| f.kind.is_some()) {
-        return Err(no_backups(&store.location(), report.files.len()));
+        let note = report
+            .files
+            .iter()
+            .find_map(|f| Some((f.name.as_str(), f.note.as_deref()?)));
+        return Err(no_backups_noting(
+            &store.location(),
+            report.files.len(),
+            note,
+        ));
     }
     let ok = report.is_ok();
     let newest = report.newest_chain().and_then(|c| c.base.clone());
@@ -117,7 +129,7 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
         match f.status {
             "verified" => counts.verified += 1,
             "unverified" => counts.unverified += 1,
-            "ignored" => counts.ignored += 1,
+            "ignored" | "skipped" => counts.ignored += 1,
             _ => counts.bad += 1,
         }
     }
@@ -154,6 +166,7 @@ fn chain_file(e: &Error) -> Option<String> {
 impl Checked {
     pub(crate) fn of(r: &FileReport) -> Checked {
         let (status, checksum, error) = match (&r.kind, &r.status) {
+            (None, Ok(_)) if r.note.is_some() => ("skipped", None, None),
             (None, Ok(_)) => ("ignored", None, None),
             (_, Ok(Integrity::Verified(sum))) => ("verified", Some(sum.clone()), None),
             (_, Ok(_)) => ("unverified", None, None),
@@ -185,6 +198,7 @@ impl Checked {
             status,
             checksum,
             error,
+            note: r.note.clone(),
         }
     }
 
@@ -192,6 +206,7 @@ impl Checked {
     pub(crate) fn verdict(&self) -> String {
         match (self.status, &self.error) {
             ("ignored", _) => "ignored (not a backup)".into(),
+            ("skipped", _) => format!("SKIPPED: {}", self.note.as_deref().unwrap_or_default()),
             ("unverified", _) => "unverified (no checksum: Python original)".into(),
             (s, Some(e)) => format!("{}: {e}", s.to_uppercase()),
             (s, None) => s.into(),
@@ -205,7 +220,7 @@ impl Checked {
             _ => "-".into(),
         };
         vec![
-            self.name.clone(),
+            dictdb::printable_name(&self.name),
             self.kind.unwrap_or("-").into(),
             self.time.clone().unwrap_or_else(|| "-".into()),
             SeqRange::show(self.seq),
