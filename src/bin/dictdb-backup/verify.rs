@@ -160,7 +160,9 @@ impl Checked {
             (_, Err(e)) => {
                 let status = match e {
                     Error::UnsupportedFormat { .. } => "unsupported",
-                    Error::Io { .. } | Error::Store { .. } => "unreadable",
+                    Error::Io { .. } | Error::Store { .. } | Error::StoreUnavailable { .. } => {
+                        "unreadable"
+                    }
                     _ => "damaged",
                 };
                 (status, None, Some(about(e, &r.name)))
