@@ -620,7 +620,7 @@ async fn a_server_killed_mid_upload_fails_the_backup_and_a_later_one_succeeds() 
     eprintln!("failure surfaced {took:?} after the kill: {result:?}");
     let err = result.expect_err("a backup to a dead server must fail");
     assert!(
-        matches!(&err, Error::Store { path, .. }
+        matches!(&err, Error::StoreUnavailable { path, .. }
             if path.starts_with(&format!("s3://{bucket}/backups/dictdb_delta_"))),
         "{err}"
     );
