@@ -226,8 +226,17 @@ impl Actor {
         }
         for (request, reply) in queued {
             let result = match &unlisted {
-                Some(e) => Err(e.clone()),
-                None => self.backup(request, false).await,
+                // The store did not answer: a failed backup, reported as
+                // any other, without waiting on it a second time.
+                Some(e @ Error::StoreUnavailable { .. }) => {
+                    let kind = match request {
+                        Request::Delta => BackupKind::Delta,
+                        _ => BackupKind::Full,
+                    };
+                    self.failed(kind, e, false, false);
+                    Err(e.clone())
+                }
+                _ => self.backup(request, false).await,
             };
             let _ = reply.send(result);
         }
