@@ -4,7 +4,9 @@
 //! while the deltas after it are read and decoded ahead, one at a time: at
 //! most one decoded delta waits while another is decoded and a third is
 //! applied, so memory stays within the database being built plus three
-//! deltas, however long the chain.
+//! deltas, however long the chain. A large delta (over [`AHEAD_BYTES`]) is
+//! not decoded ahead at all: it waits until every delta before it was
+//! applied, so memory holds at most one large delta at a time.
 
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
 const PIPELINE_BYTES: u64 = 4 << 20;
+
+/// Deltas larger than this (compressed ones counted at 16 times their
+/// size) are decoded only once every delta before them was applied.
+const AHEAD_BYTES: u64 = 64 << 20;
 
 /// Why loading a chain failed.
 pub(crate) enum Failed {
@@ -133,20 +139,41 @@ fn read_ahead(
     store: Arc<dyn BackupStore>,
     keys: Keys,
     jobs: Vec<Entry>,
-) -> (mpsc::Receiver<Result<Decoded>>, Option<Ahead>) {
+) -> (
+    mpsc::Receiver<Result<Decoded>>,
+    std::sync::mpsc::Sender<()>,
+    Option<Ahead>,
+) {
     let (done_tx, done_rx) = mpsc::channel::<Result<Decoded>>(1);
+    // One message per delta applied: a large delta waits for them.
+    let (applied_tx, applied_rx) = std::sync::mpsc::channel::<()>();
     if jobs.is_empty() {
-        return (done_rx, None);
+        return (done_rx, applied_tx, None);
     }
     let (job_tx, mut job_rx) = mpsc::channel::<(Entry, Result<FileReader>)>(1);
     let decoder = done_tx.clone();
     let spawned = std::thread::Builder::new()
         .name("dictdb-read-ahead".into())
         .spawn(move || {
+            // Decoded, not yet applied.
+            let mut outstanding = 0usize;
             while let Some((e, reader)) = job_rx.blocking_recv() {
+                let scale = if e.name.compressed { 16 } else { 1 };
+                if e.file.size.saturating_mul(scale) > AHEAD_BYTES {
+                    while outstanding > 0 {
+                        if applied_rx.recv().is_err() {
+                            return;
+                        }
+                        outstanding -= 1;
+                    }
+                }
                 let decoded = reader.and_then(|r| decode_opened(&e, r, &keys));
                 if decoder.blocking_send(decoded).is_err() {
                     break;
+                }
+                outstanding += 1;
+                while applied_rx.try_recv().is_ok() {
+                    outstanding = outstanding.saturating_sub(1);
                 }
             }
         });
@@ -155,7 +182,7 @@ fn read_ahead(
             path: store.location(),
             message: format!("cannot start the read-ahead thread: {err}"),
         }));
-        return (done_rx, None);
+        return (done_rx, applied_tx, None);
     }
     drop(done_tx);
     let opener = tokio::spawn(async move {
@@ -166,7 +193,7 @@ fn read_ahead(
             }
         }
     });
-    (done_rx, Some(Ahead(opener)))
+    (done_rx, applied_tx, Some(Ahead(opener)))
 }
 
 fn changed(e: &Entry) -> Error {
@@ -191,7 +218,8 @@ pub(crate) async fn load(
         .iter()
         .map(|(i, _)| catalog.entries[*i].clone())
         .collect();
-    let (mut rx, _ahead) = read_ahead(Arc::clone(&catalog.store), catalog.keys.clone(), jobs);
+    let (mut rx, applied_tx, _ahead) =
+        read_ahead(Arc::clone(&catalog.store), catalog.keys.clone(), jobs);
 
     let base = &catalog.entries[chosen.base];
     let d = check_file(opts, catalog, base)
@@ -232,8 +260,9 @@ pub(crate) async fn load(
             let Body::Delta(changes) = d.body else {
                 return Err(changed(e));
             };
-            let n = applier.apply(changes, e.file_name()).await?;
-            Ok((d.header, d.integrity, n, seen))
+            let n = applier.apply(changes, e.file_name()).await;
+            let _ = applied_tx.send(());
+            Ok((d.header, d.integrity, n?, seen))
         }
         .await;
         match step {
@@ -245,7 +274,7 @@ pub(crate) async fn load(
                 applied.push(planned(e, &h));
                 affected.push(n);
             }
-            Err(error) if opts.lenient => {
+            Err(error) if opts.lenient && !error.is_store_failure() => {
                 stopped = Some(Stopped {
                     file: e.file_name().to_string(),
                     error,
