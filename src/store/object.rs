@@ -7,7 +7,8 @@
 //! upload, part by part while the backup is serialised, so a backup never
 //! sits whole in memory. In both cases the object becomes visible only when
 //! the writer commits, and a failed or abandoned write leaves nothing under
-//! the final name (see the limits on [`ObjectBackupStore`]).
+//! the final name, except after [`Error::CommitUncertain`] (see the limits
+//! on [`ObjectBackupStore`]).
 //!
 //! [`open_url`] opens a store from a URL (`s3://bucket/prefix`,
 //! `file:///abs/dir`, `memory://`) or a plain directory path, so callers can
@@ -290,8 +291,15 @@ async fn within<T>(
 ///   being serialised (at most `max_concurrency` at once); commit uploads
 ///   the last part and completes the upload, and only then does the object
 ///   appear. Abort (and a failed write or commit) aborts the upload.
-/// - Every object_store error, a network error included, becomes
-///   [`Error::Store`] naming the object: a failed backup like any other.
+/// - A request that gets no usable answer (a network error, a timeout, a
+///   5xx, after the retries) is [`Error::StoreUnavailable`], naming the
+///   object and the retry settings; any other object_store error is
+///   [`Error::Store`]: either way a failed backup like any other. Every
+///   request ends within the retry timeout of the options the store was
+///   opened with ([`ObjectStoreOptions::retry_timeout`]).
+/// - [`open`](BackupStore::open) reads ranged `GET`s of 4 MiB, two in
+///   flight: each request has its own timeout, and a reader holds at most
+///   four ranges in memory.
 ///
 /// # Limits
 ///
@@ -309,9 +317,16 @@ async fn within<T>(
 ///   background.
 /// - When the server stops answering during the final request (the `PUT`
 ///   or the completion), the object may exist although commit reports an
-///   error. The writer then tries to delete it (the name was free before);
-///   if the server is still unreachable, a complete file may remain under
-///   its final name after a failed backup.
+///   error: [`Error::CommitUncertain`]. The writer then sends a `DELETE` of
+///   the name in the background (the name was free before); while the
+///   server is unreachable, a complete file may remain under its final name
+///   after a failed backup.
+/// - When the answer to a conditional `PUT` is lost, the client retries it
+///   and finds the name taken. The writer reads the object back: the bytes
+///   it sent mean the write took effect, and commit succeeds; other bytes
+///   are another writer's ("already exists"); an object it cannot read
+///   back is [`Error::CommitUncertain`], and the file may be complete under
+///   its final name.
 /// - Deleting an object that does not exist succeeds on S3.
 /// - Durability is the server's: S3 acknowledges a write once it is stored
 ///   redundantly. `file://` stores `fsync` files and their directory.
