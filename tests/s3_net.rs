@@ -214,6 +214,28 @@ async fn a_server_error_is_not_damage_even_for_a_lenient_restore() {
     };
     assert!(err.to_string().contains("did not answer"), "{err}");
 
+    // The header read while planning goes through; the 503 comes while the
+    // delta's body streams to the decoder (the store's error travels
+    // through the reader): no early stop either.
+    proxy.clear();
+    proxy.rule(Some("GET"), &names[3], Fault::Throttle(u64::MAX), Some(1));
+    proxy.rule(Some("GET"), &names[3], Fault::Status(503), None);
+    let result = Restore::new(Arc::clone(&store))
+        .stop_at_last_consistent(true)
+        .run()
+        .await;
+    assert_eq!(proxy.hits(0), 1, "the header was read first");
+    let err = match result {
+        Ok(r) => panic!(
+            "a lenient restore stopped early on a server error while reading: {:?}",
+            r.stopped
+        ),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    proxy.clear();
+    proxy.rule(Some("GET"), &names[3], Fault::Status(503), None);
+
     // The command: exit 6, and a message that says what to do.
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dictdb-backup"))
