@@ -139,6 +139,7 @@ fn read_ahead(
     store: Arc<dyn BackupStore>,
     keys: Keys,
     jobs: Vec<Entry>,
+    ahead_bytes: u64,
 ) -> (
     mpsc::Receiver<Result<Decoded>>,
     std::sync::mpsc::Sender<()>,
@@ -159,7 +160,7 @@ fn read_ahead(
             let mut outstanding = 0usize;
             while let Some((e, reader)) = job_rx.blocking_recv() {
                 let scale = if e.name.compressed { 16 } else { 1 };
-                if e.file.size.saturating_mul(scale) > AHEAD_BYTES {
+                if e.file.size.saturating_mul(scale) > ahead_bytes {
                     while outstanding > 0 {
                         if applied_rx.recv().is_err() {
                             return;
@@ -218,8 +219,12 @@ pub(crate) async fn load(
         .iter()
         .map(|(i, _)| catalog.entries[*i].clone())
         .collect();
-    let (mut rx, applied_tx, _ahead) =
-        read_ahead(Arc::clone(&catalog.store), catalog.keys.clone(), jobs);
+    let (mut rx, applied_tx, _ahead) = read_ahead(
+        Arc::clone(&catalog.store),
+        catalog.keys.clone(),
+        jobs,
+        AHEAD_BYTES,
+    );
 
     let base = &catalog.entries[chosen.base];
     let d = check_file(opts, catalog, base)
@@ -296,4 +301,61 @@ pub(crate) async fn load(
         skipped: Vec::new(),
         stopped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::naming::BackupKind;
+    use crate::store::LocalStore;
+    use crate::{BackupConfig, BackupManager};
+    use std::time::Duration;
+
+    /// Three deltas, read ahead with `ahead_bytes`: whether the second
+    /// arrives before the first was applied.
+    async fn second_arrives_early(ahead_bytes: u64) -> bool {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = DictDB::new();
+        let t = db.create_table("t").unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
+            .await
+            .unwrap();
+        t.insert(serde_json::json!({"x": 0})).unwrap();
+        m.backup_full().await.unwrap();
+        for i in 1..=3 {
+            t.insert(serde_json::json!({"x": i})).unwrap();
+            m.backup_delta().await.unwrap();
+        }
+        m.stop().await.unwrap();
+        let store: Arc<dyn BackupStore> = Arc::new(LocalStore::existing(tmp.path()).unwrap());
+        let catalog = Catalog::load(Arc::clone(&store), Keys::default())
+            .await
+            .unwrap();
+        let deltas: Vec<Entry> = catalog
+            .entries
+            .iter()
+            .filter(|e| e.kind() == BackupKind::Delta)
+            .cloned()
+            .collect();
+        assert_eq!(deltas.len(), 3);
+        let (mut rx, applied, _ahead) = read_ahead(store, Keys::default(), deltas, ahead_bytes);
+        assert!(rx.recv().await.unwrap().is_ok());
+        let early = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .is_ok();
+        applied.send(()).unwrap();
+        if !early {
+            let second = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+            assert!(second.unwrap().unwrap().is_ok());
+        }
+        early
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_delta_is_decoded_only_after_the_ones_before_it_were_applied() {
+        // Small deltas are decoded ahead.
+        assert!(second_arrives_early(u64::MAX).await);
+        // Deltas over the limit wait for the ones before them.
+        assert!(!second_arrives_early(0).await);
+    }
 }
