@@ -258,6 +258,23 @@ async fn a_server_error_is_not_damage_even_for_a_lenient_restore() {
     assert!(stderr.contains("retry_timeout 3s"), "{stderr}");
     assert!(stderr.contains("--timeout"), "{stderr}");
     assert!(!tmp.path().join("out.json").exists());
+
+    // verify: nothing damaged, a file the store did not send: exit 6 too.
+    let out = Command::new(env!("CARGO_BIN_EXE_dictdb-backup"))
+        .env_clear()
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT", proxy.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .args(["--timeout", "3s", "verify"])
+        .arg(format!("s3://{bucket}/backups"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("nothing was found damaged"), "{stderr}");
 }
 
 // ------------------------------------------------------------ defect 5

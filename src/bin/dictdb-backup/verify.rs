@@ -85,6 +85,21 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
         return Err(no_backups(&store.location(), report.files.len()));
     }
     let ok = report.is_ok();
+    // Every problem is a store that did not answer: nothing is known to be
+    // damaged, and the answer is to try again, not to repair.
+    let errors = report
+        .files
+        .iter()
+        .filter_map(|f| f.status.as_ref().err())
+        .chain(report.chains.iter().filter_map(|c| c.result.as_ref().err()));
+    let mut unanswered = false;
+    let mut damaged = false;
+    for e in errors {
+        match e {
+            Error::StoreUnavailable { .. } => unanswered = true,
+            _ => damaged = true,
+        }
+    }
     let newest = report.newest_chain().and_then(|c| c.base.clone());
     let files: Vec<Checked> = report.files.iter().map(Checked::of).collect();
     let chains: Vec<Chain> = report
@@ -132,6 +147,14 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     out.report(&report)?;
     if ok {
         return Ok(Exit::Ok);
+    }
+    if unanswered && !damaged {
+        out.warn(&format!(
+            "verify incomplete: {} did not answer for some files (after its retries); \
+             nothing was found damaged: try again, or allow more time with --timeout",
+            report.store
+        ));
+        return Ok(Exit::Unavailable);
     }
     out.warn(&format!(
         "verify failed: {} in {}",
