@@ -178,6 +178,20 @@ pub enum Error {
         /// What the store reported.
         message: String,
     },
+
+    /// A request to the backup store got no usable answer after its retries:
+    /// a network error, a timeout, or a server error (5xx). This says
+    /// nothing about the data: the file may be sound. A lenient restore
+    /// ([`Restore::stop_at_last_consistent`](crate::restore::Restore::stop_at_last_consistent))
+    /// fails on it rather than passing the file over as damaged. The message
+    /// names the setting that cut the request short, when one did.
+    #[error("backup store did not answer on {path}: {message}")]
+    StoreUnavailable {
+        /// The object or file.
+        path: String,
+        /// What happened, and the retry and timeout settings that applied.
+        message: String,
+    },
     /// A backup manager was started on a store that holds a newer backup
     /// than its database (a higher sequence number, or any full backup while
     /// the database holds no record): its backups would bury the newer ones
@@ -296,6 +310,18 @@ impl Error {
         }
     }
 
+    /// Whether this error is the store's rather than the data's: a store
+    /// that did not answer ([`Error::StoreUnavailable`]) or refused a request
+    /// ([`Error::Store`]). A lenient restore skips damaged files, never
+    /// these: the file may be sound.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            Error::Store { .. } | Error::StoreUnavailable { .. } => true,
+            Error::CommitUncertain(e) => e.is_store_failure(),
+            _ => false,
+        }
+    }
+
     /// Whether this error means the data may not have reached stable storage
     /// (a failed `fsync`): after such an error the next backup must be full.
     pub(crate) fn is_durability_unknown(&self) -> bool {
@@ -376,6 +402,10 @@ impl Clone for Error {
                 reason: reason.clone(),
             },
             Error::Store { path, message } => Error::Store {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            Error::StoreUnavailable { path, message } => Error::StoreUnavailable {
                 path: path.clone(),
                 message: message.clone(),
             },

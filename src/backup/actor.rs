@@ -167,68 +167,140 @@ impl Actor {
         // Marks the status as ended however the task ends, a panic included.
         let _ended = EndGuard(Arc::clone(&self.shared));
         // New names must sort after every file already there, whatever the
-        // wall clock says.
-        // Names it does not trust (a time outside 1970..2200, leading
-        // zeros) and keys no plain name addresses are skipped and reported.
-        if let Ok(listing) = self.store.list_all().await {
-            let listing = listing.refuse_untrusted_names();
-            for f in &listing.files {
-                if let Some(n) = BackupName::parse(&f.name) {
-                    self.namer.observe(n.stamp());
+        // wall clock says. The listing runs while commands are taken: a stop
+        // or shutdown does not wait for a store that does not answer, and a
+        // backup asked for meanwhile waits for the listing (one request,
+        // within the store's retry timeout) and fails with its error if it
+        // failed, rather than wait once more on the same store. Names it
+        // does not trust (a time outside 1970..2200, leading zeros) and keys
+        // no plain name addresses are skipped and reported.
+        let store = Arc::clone(&self.store);
+        let startup = async move {
+            let files = store.list_all().await;
+            // A process killed while writing leaves its temporary file behind.
+            let leftovers = store.remove_leftovers().await;
+            (files, leftovers)
+        };
+        tokio::pin!(startup);
+        let mut queued = Vec::new();
+        let mut first = None;
+        let started = loop {
+            tokio::select! {
+                biased;
+                r = &mut startup => break Some(r),
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Backup { request, reply }) => queued.push((request, reply)),
+                    other => {
+                        first = Some(other);
+                        break None;
+                    }
+                },
+            }
+        };
+        let mut unlisted = None;
+        match started {
+            Some((files, leftovers)) => {
+                match files {
+                    Ok(listing) => {
+                        let listing = listing.refuse_untrusted_names();
+                        for f in &listing.files {
+                            if let Some(n) = BackupName::parse(&f.name) {
+                                self.namer.observe(n.stamp());
+                            }
+                        }
+                        if !listing.skipped.is_empty() {
+                            warn!(
+                                entries = listing.skipped.len(),
+                                first = %listing.skipped[0],
+                                "the backup store holds entries that are not backup files; they are skipped"
+                            );
+                            self.shared.status.set_skipped(listing.skipped.clone());
+                            let _ = self.events.send(BackupEvent::EntriesSkipped {
+                                entries: listing.skipped,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        warn!(cause = %e, "could not list the store at start");
+                        unlisted = Some(e);
+                    }
+                }
+                match leftovers {
+                    Ok(removed) if !removed.is_empty() => {
+                        info!(
+                            files = removed.len(),
+                            "removed temporary files left by a crashed writer"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(cause = %e, "could not look for leftover temporary files"),
                 }
             }
-            if !listing.skipped.is_empty() {
-                warn!(
-                    entries = listing.skipped.len(),
-                    first = %listing.skipped[0],
-                    "the backup store holds entries that are not backup files; they are skipped"
-                );
-                self.shared.status.set_skipped(listing.skipped.clone());
-                let _ = self.events.send(BackupEvent::EntriesSkipped {
-                    entries: listing.skipped,
-                });
-            }
+            None => warn!("stopped before the store answered its first listing"),
         }
-        // A process killed while writing leaves its temporary file behind.
-        match self.store.remove_leftovers().await {
-            Ok(removed) if !removed.is_empty() => {
-                info!(
-                    files = removed.len(),
-                    "removed temporary files left by a crashed writer"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => warn!(cause = %e, "could not look for leftover temporary files"),
+        for (request, reply) in queued {
+            let result = match &unlisted {
+                // The store did not answer: a failed backup, reported as
+                // any other, without waiting on it a second time.
+                Some(e @ Error::StoreUnavailable { .. }) => {
+                    let kind = match request {
+                        Request::Delta => BackupKind::Delta,
+                        _ => BackupKind::Full,
+                    };
+                    self.failed(kind, e, false, false);
+                    Err(e.clone())
+                }
+                _ => self.backup(request, false).await,
+            };
+            let _ = reply.send(result);
         }
         let mut ending = None;
         loop {
-            let deadline = self.schedule.deadline(self.pending.events);
-            self.shared
-                .status
-                .set_schedule(deadline, self.schedule.backing_off_until());
-            tokio::select! {
-                biased;
-                cmd = self.rx.recv() => match cmd {
-                    // Every handle is gone.
-                    None => break,
-                    Some(Command::Stop { reply }) => {
-                        ending = Some(Ending::Stop(reply));
-                        break;
+            let cmd = match first.take() {
+                Some(cmd) => cmd,
+                None => {
+                    let deadline = self.schedule.deadline(self.pending.events);
+                    self.shared
+                        .status
+                        .set_schedule(deadline, self.schedule.backing_off_until());
+                    tokio::select! {
+                        biased;
+                        cmd = self.rx.recv() => cmd,
+                        () = self.shared.notify.notified() => {
+                            self.schedule.notify(Instant::now());
+                            continue;
+                        }
+                        () = sleep_until(deadline) => {
+                            self.on_timer().await;
+                            continue;
+                        }
+                        () = Self::fold_pause_end(self.fold_pause), if self.fold_pause.is_some() => {
+                            self.fold_pause = None;
+                            continue;
+                        }
+                        first = self.mutations.recv(), if self.fold_pause.is_none() => {
+                            self.on_mutations(first);
+                            continue;
+                        }
                     }
-                    Some(Command::Shutdown { reply }) => {
-                        let result = self.final_backup().await;
-                        ending = Some(Ending::Shutdown(reply, result));
-                        break;
-                    }
-                    Some(Command::Backup { request, reply }) => {
-                        let result = self.backup(request, false).await;
-                        let _ = reply.send(result);
-                    }
-                },
-                () = self.shared.notify.notified() => self.schedule.notify(Instant::now()),
-                () = sleep_until(deadline) => self.on_timer().await,
-                () = Self::fold_pause_end(self.fold_pause), if self.fold_pause.is_some() => self.fold_pause = None,
-                first = self.mutations.recv(), if self.fold_pause.is_none() => self.on_mutations(first),
+                }
+            };
+            match cmd {
+                // Every handle is gone.
+                None => break,
+                Some(Command::Stop { reply }) => {
+                    ending = Some(Ending::Stop(reply));
+                    break;
+                }
+                Some(Command::Shutdown { reply }) => {
+                    let result = self.final_backup().await;
+                    ending = Some(Ending::Shutdown(reply, result));
+                    break;
+                }
+                Some(Command::Backup { request, reply }) => {
+                    let result = self.backup(request, false).await;
+                    let _ = reply.send(result);
+                }
             }
         }
         info!(store = %self.store.location(), "backup manager stopped");
@@ -970,11 +1042,12 @@ async fn write_job(
         e = &mut cancelled => Err(e),
         r = writer.commit() => r,
     };
-    committed.map_err(|e| {
+    committed.map_err(|e| match e {
+        e @ Error::CommitUncertain(_) => e,
         // The store may have made the file durable and visible before the
         // error reached us (an object store answer lost on the way back),
         // or the deadline cut the commit short.
-        Error::CommitUncertain(Box::new(e))
+        e => Error::CommitUncertain(Box::new(e)),
     })?;
     let (records, bytes, checksum) = produced;
     Ok(Produced::File(records, bytes, checksum))

@@ -4,7 +4,9 @@
 //! while the deltas after it are read and decoded ahead, one at a time: at
 //! most one decoded delta waits while another is decoded and a third is
 //! applied, so memory stays within the database being built plus three
-//! deltas, however long the chain.
+//! deltas, however long the chain. A large delta (over [`AHEAD_BYTES`]) is
+//! not decoded ahead at all: it waits until every delta before it was
+//! applied, so memory holds at most one large delta at a time.
 
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
 const PIPELINE_BYTES: u64 = 4 << 20;
+
+/// Deltas larger than this (compressed ones counted at 16 times their
+/// size) are decoded only once every delta before them was applied.
+const AHEAD_BYTES: u64 = 64 << 20;
 
 /// Why loading a chain failed.
 pub(crate) enum Failed {
@@ -133,20 +139,42 @@ fn read_ahead(
     store: Arc<dyn BackupStore>,
     keys: Keys,
     jobs: Vec<Entry>,
-) -> (mpsc::Receiver<Result<Decoded>>, Option<Ahead>) {
+    ahead_bytes: u64,
+) -> (
+    mpsc::Receiver<Result<Decoded>>,
+    std::sync::mpsc::Sender<()>,
+    Option<Ahead>,
+) {
     let (done_tx, done_rx) = mpsc::channel::<Result<Decoded>>(1);
+    // One message per delta applied: a large delta waits for them.
+    let (applied_tx, applied_rx) = std::sync::mpsc::channel::<()>();
     if jobs.is_empty() {
-        return (done_rx, None);
+        return (done_rx, applied_tx, None);
     }
     let (job_tx, mut job_rx) = mpsc::channel::<(Entry, Result<FileReader>)>(1);
     let decoder = done_tx.clone();
     let spawned = std::thread::Builder::new()
         .name("dictdb-read-ahead".into())
         .spawn(move || {
+            // Decoded, not yet applied.
+            let mut outstanding = 0usize;
             while let Some((e, reader)) = job_rx.blocking_recv() {
+                let scale = if e.name.compressed { 16 } else { 1 };
+                if e.file.size.saturating_mul(scale) > ahead_bytes {
+                    while outstanding > 0 {
+                        if applied_rx.recv().is_err() {
+                            return;
+                        }
+                        outstanding -= 1;
+                    }
+                }
                 let decoded = reader.and_then(|r| decode_opened(&e, r, &keys));
                 if decoder.blocking_send(decoded).is_err() {
                     break;
+                }
+                outstanding += 1;
+                while applied_rx.try_recv().is_ok() {
+                    outstanding = outstanding.saturating_sub(1);
                 }
             }
         });
@@ -155,7 +183,7 @@ fn read_ahead(
             path: store.location(),
             message: format!("cannot start the read-ahead thread: {err}"),
         }));
-        return (done_rx, None);
+        return (done_rx, applied_tx, None);
     }
     drop(done_tx);
     let opener = tokio::spawn(async move {
@@ -166,7 +194,7 @@ fn read_ahead(
             }
         }
     });
-    (done_rx, Some(Ahead(opener)))
+    (done_rx, applied_tx, Some(Ahead(opener)))
 }
 
 fn changed(e: &Entry) -> Error {
@@ -191,7 +219,12 @@ pub(crate) async fn load(
         .iter()
         .map(|(i, _)| catalog.entries[*i].clone())
         .collect();
-    let (mut rx, _ahead) = read_ahead(Arc::clone(&catalog.store), catalog.keys.clone(), jobs);
+    let (mut rx, applied_tx, _ahead) = read_ahead(
+        Arc::clone(&catalog.store),
+        catalog.keys.clone(),
+        jobs,
+        AHEAD_BYTES,
+    );
 
     let base = &catalog.entries[chosen.base];
     let d = check_file(opts, catalog, base)
@@ -232,8 +265,9 @@ pub(crate) async fn load(
             let Body::Delta(changes) = d.body else {
                 return Err(changed(e));
             };
-            let n = applier.apply(changes, e.file_name()).await?;
-            Ok((d.header, d.integrity, n, seen))
+            let n = applier.apply(changes, e.file_name()).await;
+            let _ = applied_tx.send(());
+            Ok((d.header, d.integrity, n?, seen))
         }
         .await;
         match step {
@@ -245,7 +279,7 @@ pub(crate) async fn load(
                 applied.push(planned(e, &h));
                 affected.push(n);
             }
-            Err(error) if opts.lenient => {
+            Err(error) if opts.lenient && !error.is_store_failure() => {
                 stopped = Some(Stopped {
                     file: e.file_name().to_string(),
                     error,
@@ -267,4 +301,61 @@ pub(crate) async fn load(
         skipped: Vec::new(),
         stopped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::naming::BackupKind;
+    use crate::store::LocalStore;
+    use crate::{BackupConfig, BackupManager};
+    use std::time::Duration;
+
+    /// Three deltas, read ahead with `ahead_bytes`: whether the second
+    /// arrives before the first was applied.
+    async fn second_arrives_early(ahead_bytes: u64) -> bool {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = DictDB::new();
+        let t = db.create_table("t").unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
+            .await
+            .unwrap();
+        t.insert(serde_json::json!({"x": 0})).unwrap();
+        m.backup_full().await.unwrap();
+        for i in 1..=3 {
+            t.insert(serde_json::json!({"x": i})).unwrap();
+            m.backup_delta().await.unwrap();
+        }
+        m.stop().await.unwrap();
+        let store: Arc<dyn BackupStore> = Arc::new(LocalStore::existing(tmp.path()).unwrap());
+        let catalog = Catalog::load(Arc::clone(&store), Keys::default())
+            .await
+            .unwrap();
+        let deltas: Vec<Entry> = catalog
+            .entries
+            .iter()
+            .filter(|e| e.kind() == BackupKind::Delta)
+            .cloned()
+            .collect();
+        assert_eq!(deltas.len(), 3);
+        let (mut rx, applied, _ahead) = read_ahead(store, Keys::default(), deltas, ahead_bytes);
+        assert!(rx.recv().await.unwrap().is_ok());
+        let early = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .is_ok();
+        applied.send(()).unwrap();
+        if !early {
+            let second = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+            assert!(second.unwrap().unwrap().is_ok());
+        }
+        early
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_delta_is_decoded_only_after_the_ones_before_it_were_applied() {
+        // Small deltas are decoded ahead.
+        assert!(second_arrives_early(u64::MAX).await);
+        // Deltas over the limit wait for the ones before them.
+        assert!(!second_arrives_early(0).await);
+    }
 }

@@ -174,7 +174,10 @@ impl Restore {
     /// Instead of failing on a broken or damaged link, stop at the last
     /// consistent point and say why in [`Restored::stopped`]; a damaged
     /// newest full backup is passed over for an older one and listed in
-    /// [`Restored::skipped`] (default: fail).
+    /// [`Restored::skipped`] (default: fail). Only damage is passed over: a
+    /// store that does not answer ([`Error::StoreUnavailable`], after its
+    /// retries) or refuses a read ([`Error::Store`]) fails the restore even
+    /// in lenient mode, since the file may be sound.
     #[must_use]
     pub fn stop_at_last_consistent(mut self, lenient: bool) -> Restore {
         self.lenient = lenient;
@@ -299,7 +302,7 @@ impl Restore {
                     restored.skipped = skipped;
                     return Ok(restored);
                 }
-                Err(apply::Failed::Base(error)) if self.lenient => {
+                Err(apply::Failed::Base(error)) if self.lenient && !error.is_store_failure() => {
                     skipped.push(Stopped {
                         file: catalog.entries[chosen.base].file_name().to_string(),
                         error,

@@ -99,7 +99,9 @@ pub(crate) async fn choose(
         }
         let h = match checked_header(opts, catalog, e).await {
             Ok(h) => h,
-            Err(error) if opts.lenient => {
+            // Lenient mode passes over damage, never a store that did not
+            // answer: that file may be sound.
+            Err(error) if opts.lenient && !error.is_store_failure() => {
                 skipped.push(Stopped {
                     file: e.file_name().to_string(),
                     error,
@@ -164,7 +166,7 @@ async fn chain_from(
             // A damaged file after the limit tells nothing about the files
             // before it (verify reports it).
             Err(_) if beyond_time => break,
-            Err(error) if opts.lenient => {
+            Err(error) if opts.lenient && !error.is_store_failure() => {
                 stopped = Some(Stopped {
                     file: e.file_name().to_string(),
                     error,

@@ -112,7 +112,9 @@ impl StoreListing {
 ///
 /// Implementations must make a file visible under its final name only once
 /// it is complete and durable ([`BackupWriter::commit`]); a failed or
-/// abandoned write must leave nothing under the final name.
+/// abandoned write must leave nothing under the final name, unless commit
+/// fails with [`Error::CommitUncertain`] (the store did not answer the
+/// request that makes the file visible).
 #[async_trait]
 pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
     /// Where the store points (a directory path or a URL), for messages.
@@ -211,7 +213,8 @@ pub trait BackupWriter: Send {
     async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
 
     /// Makes the file durable and visible under its final name. On error,
-    /// nothing is left under the final name.
+    /// nothing is left under the final name, except after
+    /// [`Error::CommitUncertain`]: then the file may be there, complete.
     async fn commit(self: Box<Self>) -> Result<()>;
 
     /// Discards everything written so far.

@@ -7,20 +7,22 @@
 //! upload, part by part while the backup is serialised, so a backup never
 //! sits whole in memory. In both cases the object becomes visible only when
 //! the writer commits, and a failed or abandoned write leaves nothing under
-//! the final name (see the limits on [`ObjectBackupStore`]).
+//! the final name, except after [`Error::CommitUncertain`] (see the limits
+//! on [`ObjectBackupStore`]).
 //!
 //! [`open_url`] opens a store from a URL (`s3://bucket/prefix`,
 //! `file:///abs/dir`, `memory://`) or a plain directory path, so callers can
 //! accept either.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{stream, StreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -54,8 +56,14 @@ const LOCAL_TMP_PREFIX: &str = ".dictdb-tmp-";
 ///
 /// Retries and timeouts bound how long a backup waits on an unreachable
 /// server before it fails (and the manager reports the failure and tries
-/// again at the next backup). The defaults suit a service: up to 5 retries
-/// within 60 s. Tests that stop a server on purpose want much shorter ones.
+/// again at the next backup). With the defaults every request (a `PUT`, a
+/// part, a ranged `GET`, a `HEAD`, a listing, a `DELETE`) ends within 60 s,
+/// retries included: each attempt is cut after the request timeout (30 s;
+/// connecting, 5 s), a failed attempt is retried up to 5 times with a
+/// backoff growing from 100 ms to 5 s, and whatever is still running at
+/// the retry timeout (60 s) is cut there. Reads are ranged `GET`s of
+/// 4 MiB, so the request timeout never meets a file's size. Tests that
+/// stop a server on purpose want much shorter settings.
 ///
 /// # Examples
 ///
@@ -109,8 +117,10 @@ impl ObjectStoreOptions {
         self
     }
 
-    /// No retry starts later than this after the first attempt (S3).
-    /// Default: 60 s.
+    /// The longest a request may take, retries included: no retry starts
+    /// later than this after the first attempt, and an attempt still running
+    /// then is cut (S3, and every store this builds or
+    /// [`ObjectBackupStore::with_options`] wraps). Default: 60 s.
     #[must_use]
     pub fn retry_timeout(mut self, timeout: Duration) -> Self {
         self.retry_timeout = timeout;
@@ -134,8 +144,10 @@ impl ObjectStoreOptions {
         self
     }
 
-    /// Timeout of a whole request, one part upload included (S3). Default:
-    /// object_store's (30 s), or `AWS_TIMEOUT` from the environment.
+    /// Timeout of one attempt of a request, from connecting to the last byte
+    /// of the answer (S3): one part upload, or one ranged `GET` of 4 MiB.
+    /// Default: object_store's (30 s), or `AWS_TIMEOUT` from the
+    /// environment.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
@@ -198,6 +210,76 @@ impl ObjectStoreOptions {
             retry_timeout: self.retry_timeout,
         }
     }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// The retry and timeout settings a store was opened with, enforced on
+/// every request ([`within`]) and named in the errors they cause.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_retries: usize,
+    retry_timeout: Duration,
+    request_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// Which settings applied, for an error message.
+    fn describe(&self) -> String {
+        let request = self
+            .request_timeout
+            .map_or_else(|| "30s (default)".to_string(), |t| format!("{t:?}"));
+        format!(
+            "retry settings: request_timeout {request} per attempt, max_retries {}, \
+             retry_timeout {:?} per request, retries included",
+            self.max_retries, self.retry_timeout
+        )
+    }
+}
+
+/// The `store` name of the error a request cut short by
+/// [`Limits::retry_timeout`] becomes.
+const DEADLINE: &str = "dictdb";
+
+/// A request that ran past its retry timeout.
+#[derive(Debug)]
+struct DeadlinePassed(Duration);
+
+impl fmt::Display for DeadlinePassed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no answer within retry_timeout ({:?}), retries included",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for DeadlinePassed {}
+
+/// Runs one request (with object_store's retries) and cuts it at the retry
+/// timeout: object_store stops retrying then, but an attempt in flight
+/// would run on for up to its own timeout.
+async fn within<T>(
+    limits: Option<Limits>,
+    request: impl Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    let Some(limits) = limits else {
+        return request.await;
+    };
+    match tokio::time::timeout(limits.retry_timeout, request).await {
+        Ok(r) => r,
+        Err(_) => Err(object_store::Error::Generic {
+            store: DEADLINE,
+            source: Box::new(DeadlinePassed(limits.retry_timeout)),
+        }),
+    }
 }
 
 /// Backup files kept as objects in an [`ObjectStore`], directly under a
@@ -214,8 +296,15 @@ impl ObjectStoreOptions {
 ///   being serialised (at most `max_concurrency` at once); commit uploads
 ///   the last part and completes the upload, and only then does the object
 ///   appear. Abort (and a failed write or commit) aborts the upload.
-/// - Every object_store error, a network error included, becomes
-///   [`Error::Store`] naming the object: a failed backup like any other.
+/// - A request that gets no usable answer (a network error, a timeout, a
+///   5xx, after the retries) is [`Error::StoreUnavailable`], naming the
+///   object and the retry settings; any other object_store error is
+///   [`Error::Store`]: either way a failed backup like any other. Every
+///   request ends within the retry timeout of the options the store was
+///   opened with ([`ObjectStoreOptions::retry_timeout`]).
+/// - [`open`](BackupStore::open) reads ranged `GET`s of 4 MiB, two in
+///   flight: each request has its own timeout, and a reader holds at most
+///   four ranges in memory.
 ///
 /// # Limits
 ///
@@ -233,9 +322,16 @@ impl ObjectStoreOptions {
 ///   background.
 /// - When the server stops answering during the final request (the `PUT`
 ///   or the completion), the object may exist although commit reports an
-///   error. The writer then tries to delete it (the name was free before);
-///   if the server is still unreachable, a complete file may remain under
-///   its final name after a failed backup.
+///   error: [`Error::CommitUncertain`]. The writer then sends a `DELETE` of
+///   the name in the background (the name was free before); while the
+///   server is unreachable, a complete file may remain under its final name
+///   after a failed backup.
+/// - When the answer to a conditional `PUT` is lost, the client retries it
+///   and finds the name taken. The writer reads the object back: the bytes
+///   it sent mean the write took effect, and commit succeeds; other bytes
+///   are another writer's ("already exists"); an object it cannot read
+///   back is [`Error::CommitUncertain`], and the file may be complete under
+///   its final name.
 /// - Deleting an object that does not exist succeeds on S3.
 /// - Durability is the server's: S3 acknowledges a write once it is stored
 ///   redundantly. `file://` stores `fsync` files and their directory.
@@ -268,6 +364,9 @@ pub struct ObjectBackupStore {
     location: String,
     part_size: usize,
     max_concurrency: usize,
+    /// Retry and timeout settings enforced on each request (`None`: the
+    /// wrapped store's own).
+    limits: Option<Limits>,
 }
 
 impl fmt::Debug for ObjectBackupStore {
@@ -294,12 +393,14 @@ impl ObjectBackupStore {
             prefix,
             part_size: options.part_size,
             max_concurrency: options.max_concurrency,
+            limits: None,
         }
     }
 
     /// Like [`new`](Self::new), with the part size and concurrency of
-    /// `options` (its retry, timeout and S3 settings apply only to stores
-    /// opened from a URL). Errors: invalid options.
+    /// `options`, and its retry timeout as the longest any request may take
+    /// (its other retry, timeout and S3 settings apply only to stores opened
+    /// from a URL). Errors: invalid options.
     pub fn with_options(
         store: Arc<dyn ObjectStore>,
         prefix: impl Into<Path>,
@@ -309,6 +410,7 @@ impl ObjectBackupStore {
         let mut s = ObjectBackupStore::new(store, prefix);
         s.part_size = options.part_size;
         s.max_concurrency = options.max_concurrency;
+        s.limits = Some(options.limits());
         Ok(s)
     }
 
@@ -402,6 +504,7 @@ impl ObjectBackupStore {
             location,
             part_size: options.part_size,
             max_concurrency: options.max_concurrency,
+            limits: Some(options.limits()),
         })
     }
 
@@ -442,10 +545,34 @@ impl ObjectBackupStore {
     }
 
     fn error(&self, name: &str, e: &object_store::Error) -> Error {
+        self.error_at(self.display(name), e)
+    }
+
+    /// A request's error: [`Error::StoreUnavailable`] (naming the settings
+    /// that applied) when the store did not answer, else [`Error::Store`].
+    fn error_at(&self, path: String, e: &object_store::Error) -> Error {
+        if unanswered(e) {
+            let settings = self
+                .limits
+                .map(|l| format!(" ({})", l.describe()))
+                .unwrap_or_default();
+            return Error::StoreUnavailable {
+                path,
+                message: format!("{}{settings}", explain(e)),
+            };
+        }
         Error::Store {
-            path: self.display(name),
+            path,
             message: explain(e),
         }
+    }
+
+    /// [`within`] this store's limits.
+    async fn within<T>(
+        &self,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        within(self.limits, request).await
     }
 }
 
@@ -593,13 +720,9 @@ impl BackupStore for ObjectBackupStore {
     async fn list_all(&self) -> Result<StoreListing> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
         let listing = self
-            .inner
-            .list_with_delimiter(prefix)
+            .within(self.inner.list_with_delimiter(prefix))
             .await
-            .map_err(|e| Error::Store {
-                path: self.location.clone(),
-                message: explain(&e),
-            })?;
+            .map_err(|e| self.error_at(self.location.clone(), &e))?;
         let mut skipped = Vec::new();
         // Keys object_store cannot represent come back as stand-ins (see
         // `s3_list`): reported, never files.
@@ -652,23 +775,52 @@ impl BackupStore for ObjectBackupStore {
             },
             small: Vec::new(),
             upload: None,
+            failed: false,
         }))
     }
 
     async fn open(&self, name: &str) -> Result<FileReader> {
         let path = self.object(name)?;
-        let got = self
-            .inner
-            .get(&path)
+        // The size first, then ranged GETs of READ_RANGE bytes, at most
+        // READS_IN_FLIGHT at once: each request has its own timeout, which
+        // never meets the file's size, and memory holds at most
+        // READS_IN_FLIGHT ranges fetched plus one queued and one being read.
+        let meta = self
+            .within(self.inner.head(&path))
             .await
             .map_err(|e| self.error(name, &e))?;
-        let mut stream = got.into_stream();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(READ_AHEAD);
+        let size = meta.size;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(1);
         let store = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                let item = item.map_err(|e| store.error(&name, &e));
+            let ranges = (0..size)
+                .step_by(READ_RANGE as usize)
+                .map(move |start| start..(start + READ_RANGE).min(size));
+            let mut chunks = stream::iter(ranges)
+                .map(|range| {
+                    let (store, path, name) = (&store, &path, &name);
+                    async move {
+                        let want = range.end - range.start;
+                        let bytes = store
+                            .within(store.inner.get_range(path, range))
+                            .await
+                            .map_err(|e| store.error(name, &e))?;
+                        if bytes.len() as u64 != want {
+                            return Err(Error::Store {
+                                path: store.display(name),
+                                message: format!(
+                                    "the object changed while it was read \
+                                     (a range of {want} bytes returned {})",
+                                    bytes.len()
+                                ),
+                            });
+                        }
+                        Ok(bytes)
+                    }
+                })
+                .buffered(READS_IN_FLIGHT);
+            while let Some(item) = chunks.next().await {
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     break;
@@ -687,8 +839,7 @@ impl BackupStore for ObjectBackupStore {
             return Ok(Vec::new());
         }
         let bytes = self
-            .inner
-            .get_range(&path, range)
+            .within(self.inner.get_range(&path, range))
             .await
             .map_err(|e| self.error(name, &e))?;
         Ok(Vec::from(bytes))
@@ -696,7 +847,7 @@ impl BackupStore for ObjectBackupStore {
 
     async fn stat(&self, name: &str) -> Result<Option<StoredFile>> {
         let path = self.object(name)?;
-        match self.inner.head(&path).await {
+        match self.within(self.inner.head(&path)).await {
             Ok(meta) => Ok(Some(StoredFile {
                 name: name.to_string(),
                 size: meta.size,
@@ -708,15 +859,17 @@ impl BackupStore for ObjectBackupStore {
 
     async fn delete(&self, name: &str) -> Result<()> {
         let path = self.object(name)?;
-        self.inner
-            .delete(&path)
+        self.within(self.inner.delete(&path))
             .await
             .map_err(|e| self.error(name, &e))
     }
 }
 
-/// Chunks of an object read ahead of the reader.
-const READ_AHEAD: usize = 4;
+/// The size of the ranged `GET`s that read an object.
+const READ_RANGE: u64 = 4 << 20;
+
+/// Ranged `GET`s of one object in flight at once.
+const READS_IN_FLIGHT: usize = 2;
 
 /// A blocking reader over an object's byte stream, fed by a task on the
 /// runtime. Read it on a blocking thread (it waits with `blocking_recv`).
@@ -750,6 +903,9 @@ struct ObjectWriter {
     /// The multipart upload (object_store's writer: parts of `part_size`,
     /// uploaded as they fill), once the file has outgrown one part.
     upload: Option<WriteMultipart>,
+    /// A request of this upload failed: `abort` then runs in the background
+    /// rather than wait on a store that may not answer.
+    failed: bool,
 }
 
 /// Where a file goes. Kept apart from the upload in progress (which is not
@@ -775,18 +931,25 @@ impl Target {
     /// Checks that no object has the final name (multipart uploads cannot be
     /// conditional).
     async fn name_is_free(&self) -> Result<()> {
-        match self.store.inner.head(&self.path).await {
+        match self.store.within(self.store.inner.head(&self.path)).await {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Ok(_) => Err(self.already_exists()),
             Err(e) => Err(self.error(&e)),
         }
     }
 
-    /// Deletes the final name after a write whose outcome is unknown.
-    async fn remove_after_failure(&self, e: &object_store::Error) {
-        if outcome_unknown(e) {
-            remove_after_failure(&self.store, &self.path, &self.name).await;
+    /// After a write whose outcome is unknown, deletes the final name in
+    /// the background and says so in the error.
+    fn failed_write(&self, e: &object_store::Error) -> Error {
+        let err = self.error(e);
+        if !outcome_unknown(e) {
+            return err;
         }
+        remove_after_failure(&self.store, &self.path, &self.name);
+        Error::CommitUncertain(Box::new(with_message(
+            err,
+            "; the write may have taken effect: a DELETE of the name was sent in the background",
+        )))
     }
 
     /// Uploads what is left, checks the final name is free and completes
@@ -794,22 +957,19 @@ impl Target {
     async fn complete(&self, mut up: WriteMultipart) -> Result<()> {
         // Every full part uploaded first, so the check below comes as late
         // as it can: only the last part is still to go after it.
-        if let Err(e) = up.wait_for_capacity(0).await {
-            abort_upload(up, &self.name).await;
+        if let Err(e) = self.store.within(up.wait_for_capacity(0)).await {
+            abort_in_background(up, &self.name);
             return Err(self.error(&e));
         }
         if let Err(e) = self.name_is_free().await {
-            abort_upload(up, &self.name).await;
+            abort_in_background(up, &self.name);
             return Err(e);
         }
-        match up.finish().await {
+        match self.store.within(up.finish()).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                // `finish` aborts the upload on error; the completion may
-                // still have taken effect if its answer was lost.
-                self.remove_after_failure(&e).await;
-                Err(self.error(&e))
-            }
+            // `finish` aborts the upload on error; the completion may still
+            // have taken effect if its answer was lost.
+            Err(e) => Err(self.failed_write(&e)),
         }
     }
 
@@ -819,31 +979,108 @@ impl Target {
         let create = PutOptions::from(PutMode::Create);
         let first = self
             .store
-            .inner
-            .put_opts(&self.path, payload.clone(), create)
+            .within(
+                self.store
+                    .inner
+                    .put_opts(&self.path, payload.clone(), create),
+            )
             .await;
         let e = match first {
             Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => return Err(self.already_exists()),
+            // Another writer's object, or ours: object_store retries a PUT
+            // whose answer was lost, and the retry finds the first attempt's
+            // object. Only the content tells.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return self.ours_already(&payload).await;
+            }
             // Conditional put turned off (`AWS_CONDITIONAL_PUT=disabled`):
             // check, then write, as for a multipart upload.
             Err(object_store::Error::NotImplemented { .. }) => {
                 self.name_is_free().await?;
-                match self.store.inner.put(&self.path, payload).await {
+                match self
+                    .store
+                    .within(self.store.inner.put(&self.path, payload))
+                    .await
+                {
                     Ok(_) => return Ok(()),
                     Err(e) => e,
                 }
             }
             Err(e) => e,
         };
-        self.remove_after_failure(&e).await;
-        Err(self.error(&e))
+        Err(self.failed_write(&e))
+    }
+
+    /// A conditional `PUT` found the name taken: reads the object back and
+    /// compares it with what was sent. The same bytes are this write's, its
+    /// answer lost on the way back (the file is committed); other bytes are
+    /// another writer's (refused, not overwritten); an object that cannot
+    /// be read back leaves the outcome unknown.
+    async fn ours_already(&self, sent: &PutPayload) -> Result<()> {
+        let store = &self.store;
+        let uncertain = |detail: String| {
+            Error::CommitUncertain(Box::new(Error::Store {
+                path: store.display(&self.name),
+                message: format!(
+                    "the name was taken when the write was retried (its first answer was lost?), \
+                     and the object could not be compared with what was sent: {detail}; \
+                     it may be this file, complete"
+                ),
+            }))
+        };
+        let size = sent.content_length() as u64;
+        let meta = match store.within(store.inner.head(&self.path)).await {
+            Ok(m) => m,
+            Err(e) => return Err(uncertain(chain(&e))),
+        };
+        if meta.size != size {
+            return Err(self.already_exists());
+        }
+        let got = match store
+            .within(store.inner.get_range(&self.path, 0..size))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return Err(uncertain(chain(&e))),
+        };
+        let same = sent.iter().flat_map(|b| b.iter()).eq(got.iter());
+        if !same {
+            return Err(self.already_exists());
+        }
+        tracing::info!(
+            file = %store.display(&self.name),
+            "the answer to a PUT was lost; the object under the name holds exactly what was sent: committed"
+        );
+        Ok(())
+    }
+}
+
+/// `e` with `more` added to its message.
+fn with_message(e: Error, more: &str) -> Error {
+    match e {
+        Error::Store { path, message } => Error::Store {
+            path,
+            message: format!("{message}{more}"),
+        },
+        Error::StoreUnavailable { path, message } => Error::StoreUnavailable {
+            path,
+            message: format!("{message}{more}"),
+        },
+        other => other,
     }
 }
 
 async fn abort_upload(up: WriteMultipart, name: &str) {
     if let Err(e) = up.abort().await {
         warn!(file = %name, cause = %chain(&e), "could not abort a multipart upload");
+    }
+}
+
+/// Aborts an upload without waiting on a store that may not answer.
+fn abort_in_background(up: WriteMultipart, name: &str) {
+    let name = name.to_string();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move { abort_upload(up, &name).await });
     }
 }
 
@@ -854,18 +1091,43 @@ fn outcome_unknown(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::Generic { .. })
 }
 
-/// After a write whose outcome is unknown (the request failed, but the
-/// server may have stored the object), deletes the final name so that a
-/// failed commit leaves nothing behind. The name was checked free just
-/// before (or the write was conditional), so what is there is ours.
-async fn remove_after_failure(store: &ObjectBackupStore, path: &Path, name: &str) {
-    if let Err(e) = store.inner.delete(path).await {
-        warn!(
-            file = %store.display(name),
-            cause = %chain(&e),
-            "a failed write may have left an object under its final name"
-        );
+/// Whether a request got no usable answer: a network error, a timeout
+/// (object_store's per attempt, or the retry timeout), a server error (5xx,
+/// 429), after the retries; not a refusal (4xx) nor a local file system's
+/// error.
+fn unanswered(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::Generic { store, .. } if *store == DEADLINE => true,
+        object_store::Error::Generic { store, .. } if *store == "S3" => {
+            let text = chain(e);
+            let refused = text.split("status code: ").skip(1).any(|rest| {
+                rest.starts_with('4') && !rest.starts_with("429") && !rest.starts_with("408")
+            });
+            !refused
+        }
+        _ => false,
     }
+}
+
+/// After a write whose outcome is unknown (the request failed, but the
+/// server may have stored the object), deletes the final name in the
+/// background, so that a failed commit leaves nothing behind once the
+/// store answers again. The name was checked free just before (or the
+/// write was conditional), so what is there is ours.
+fn remove_after_failure(store: &ObjectBackupStore, path: &Path, name: &str) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (store, path, name) = (store.clone(), path.clone(), name.to_string());
+    runtime.spawn(async move {
+        if let Err(e) = store.within(store.inner.delete(&path)).await {
+            warn!(
+                file = %store.display(&name),
+                cause = %chain(&e),
+                "a failed write may have left an object under its final name"
+            );
+        }
+    });
 }
 
 #[async_trait]
@@ -880,7 +1142,8 @@ impl BackupWriter for ObjectWriter {
                 // Back pressure: at most `max_concurrency` parts in flight,
                 // so a writer holds a bounded number of parts in memory.
                 let max = self.target.store.max_concurrency;
-                if let Err(e) = up.wait_for_capacity(max).await {
+                if let Err(e) = self.target.store.within(up.wait_for_capacity(max)).await {
+                    self.failed = true;
                     return Err(self.target.error(&e));
                 }
                 up.put(Bytes::from(chunk));
@@ -891,8 +1154,7 @@ impl BackupWriter for ObjectWriter {
                     let t = &self.target;
                     let upload = t
                         .store
-                        .inner
-                        .put_multipart(&t.path)
+                        .within(t.store.inner.put_multipart(&t.path))
                         .await
                         .map_err(|e| t.error(&e))?;
                     let mut up = WriteMultipart::new_with_chunk_size(upload, part_size);
@@ -917,7 +1179,14 @@ impl BackupWriter for ObjectWriter {
     async fn abort(mut self: Box<Self>) {
         self.small.clear();
         if let Some(up) = self.upload.take() {
-            abort_upload(up, &self.target.name).await;
+            if self.failed {
+                abort_in_background(up, &self.target.name);
+            } else {
+                let store = &self.target.store;
+                if let Err(e) = store.within(up.abort()).await {
+                    warn!(file = %self.target.name, cause = %chain(&e), "could not abort a multipart upload");
+                }
+            }
         }
     }
 }

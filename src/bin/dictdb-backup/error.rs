@@ -24,6 +24,9 @@ pub(crate) enum Exit {
     NoBackups = 4,
     /// A `--lenient` restore that left files out (it says which).
     Incomplete = 5,
+    /// The store did not answer (network error, timeout, server error)
+    /// after the retries: nothing is known about the backups.
+    Unavailable = 6,
 }
 
 /// The exit codes as `--help` shows them.
@@ -34,7 +37,9 @@ Exit codes:
   2  usage, configuration or I/O error (also: missing object-store credentials)
   3  not found: no such directory, file or bucket
   4  no backups: none in the store, or none at or before --until / --until-seq
-  5  a --lenient restore left files out (it prints which and why)";
+  5  a --lenient restore left files out (it prints which and why)
+  6  the store did not answer (network error, timeout, server error) after
+     its retries: the backups may be sound; try again (see --timeout)";
 
 impl Exit {
     pub(crate) fn code(self) -> u8 {
@@ -53,7 +58,8 @@ impl From<Exit> for ExitCode {
 pub(crate) struct CliError {
     /// A stable machine name: `usage`, `not_found`, `no_backups`,
     /// `damaged`, `checksum_mismatch`, `broken_chain`, `unsupported`,
-    /// `not_a_backup`, `credentials`, `store`, `io`, `config`.
+    /// `not_a_backup`, `credentials`, `store`, `store_unavailable`, `io`,
+    /// `config`.
     pub(crate) kind: &'static str,
     pub(crate) message: String,
     /// The file (or directory, or object) it is about, when there is one.
@@ -113,6 +119,9 @@ impl From<Error> for CliError {
                 (Exit::NotFound, "not_found", Some(path.clone()))
             }
             Error::Store { path, .. } => (Exit::Usage, "store", Some(path.clone())),
+            Error::StoreUnavailable { path, .. } => {
+                (Exit::Unavailable, "store_unavailable", Some(path.clone()))
+            }
             Error::Config(_) => (Exit::Usage, "config", None),
             Error::Decrypt { file, kind, .. } => match kind {
                 DecryptFailure::MissingIdentity => (Exit::Usage, "no_identity", Some(file.clone())),
@@ -125,6 +134,11 @@ impl From<Error> for CliError {
         };
         let message = if kind == "not_found" && matches!(e, Error::Store { .. }) {
             format!("no such bucket: {message}")
+        } else if kind == "store_unavailable" {
+            format!(
+                "{message}; the backups may be sound: nothing was skipped, even with --lenient; \
+                 try again, or allow more time with --timeout"
+            )
         } else {
             message
         };

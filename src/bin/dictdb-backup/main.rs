@@ -68,6 +68,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     identity: Vec<PathBuf>,
 
+    /// The longest one request to object storage may take, retries
+    /// included (default 60s); each attempt is also cut after 30s, or
+    /// after this if shorter. Reads are ranged GETs of 4 MiB, so a large
+    /// file needs no longer timeout.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = time::parse_duration)]
+    timeout: Option<std::time::Duration>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -232,6 +239,7 @@ async fn main() -> ExitCode {
         }
     };
     let out = Output { json: cli.json };
+    store::set_timeout(cli.timeout);
     if let Err(e) = keys::load(&cli.identity) {
         return out.fail(&e).into();
     }

@@ -10,6 +10,14 @@ use dictdb::{BackupStore, LocalStore};
 
 use crate::error::{CliError, Exit};
 
+/// `--timeout`: the longest one object-store request may take.
+static TIMEOUT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+
+/// Sets `--timeout` for the stores opened from now on.
+pub(crate) fn set_timeout(timeout: Option<std::time::Duration>) {
+    let _ = TIMEOUT.set(timeout);
+}
+
 /// Opens a store that must already exist. Never creates anything.
 pub(crate) fn open(arg: &Path) -> Result<Arc<dyn BackupStore>, CliError> {
     let text = arg.to_string_lossy();
@@ -89,7 +97,14 @@ fn open_url(text: &str) -> Result<Arc<dyn BackupStore>, CliError> {
         }
         _ => {}
     }
-    Ok(dictdb::store::open_url(text)?)
+    let mut options = dictdb::store::ObjectStoreOptions::default();
+    if let Some(t) = TIMEOUT.get().copied().flatten() {
+        options = options.retry_timeout(t);
+        if t < std::time::Duration::from_secs(30) {
+            options = options.request_timeout(t);
+        }
+    }
+    Ok(dictdb::store::open_url_with(text, &options)?)
 }
 
 /// Refuses an S3 URL when no credential source is configured: without

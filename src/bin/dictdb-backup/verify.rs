@@ -97,6 +97,21 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
         ));
     }
     let ok = report.is_ok();
+    // Every problem is a store that did not answer: nothing is known to be
+    // damaged, and the answer is to try again, not to repair.
+    let errors = report
+        .files
+        .iter()
+        .filter_map(|f| f.status.as_ref().err())
+        .chain(report.chains.iter().filter_map(|c| c.result.as_ref().err()));
+    let mut unanswered = false;
+    let mut damaged = false;
+    for e in errors {
+        match e {
+            Error::StoreUnavailable { .. } => unanswered = true,
+            _ => damaged = true,
+        }
+    }
     let newest = report.newest_chain().and_then(|c| c.base.clone());
     let files: Vec<Checked> = report.files.iter().map(Checked::of).collect();
     let chains: Vec<Chain> = report
@@ -145,6 +160,14 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     if ok {
         return Ok(Exit::Ok);
     }
+    if unanswered && !damaged {
+        out.warn(&format!(
+            "verify incomplete: {} did not answer for some files (after its retries); \
+             nothing was found damaged: try again, or allow more time with --timeout",
+            report.store
+        ));
+        return Ok(Exit::Unavailable);
+    }
     out.warn(&format!(
         "verify failed: {} in {}",
         plural(report.problems.len() as u64, "problem", "problems"),
@@ -173,7 +196,9 @@ impl Checked {
             (_, Err(e)) => {
                 let status = match e {
                     Error::UnsupportedFormat { .. } => "unsupported",
-                    Error::Io { .. } | Error::Store { .. } => "unreadable",
+                    Error::Io { .. } | Error::Store { .. } | Error::StoreUnavailable { .. } => {
+                        "unreadable"
+                    }
                     _ => "damaged",
                 };
                 (status, None, Some(about(e, &r.name)))
