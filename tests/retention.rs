@@ -193,7 +193,11 @@ fn model(generated: &[Gen], rules: Rules, now_micros: u128) -> Expected {
     let mut chain = Vec::with_capacity(n);
     let mut current = None;
     for (i, f) in files.iter().enumerate() {
-        if f.is_full {
+        // Full backups of the same time (twins) are one chain.
+        let twin = current.is_some_and(|c: usize| {
+            files[c].is_full && (files[c].secs, files[c].micros) == (f.secs, f.micros)
+        });
+        if f.is_full && !twin {
             current = Some(i);
         }
         chain.push(current);
@@ -215,8 +219,19 @@ fn model(generated: &[Gen], rules: Rules, now_micros: u128) -> Expected {
     let readable_fulls: Vec<usize> = (0..n)
         .filter(|&i| files[i].is_full && files[i].readable())
         .collect();
-    for (rank, &i) in readable_fulls.iter().rev().take(rules.last).enumerate() {
-        direct[i].insert(Why::Last(rank + 1));
+    // Twins share a rank.
+    let mut rank = 0;
+    let mut last_stamp = None;
+    for &i in readable_fulls.iter().rev() {
+        let stamp = (files[i].secs, files[i].micros);
+        if last_stamp != Some(stamp) {
+            rank += 1;
+            last_stamp = Some(stamp);
+        }
+        if rank > rules.last {
+            break;
+        }
+        direct[i].insert(Why::Last(rank));
     }
     if rules.within_secs > 0 {
         if let Some(newest) = files

@@ -646,7 +646,7 @@ impl Actor {
                     _ = deadline_passed(self.deadline.clone()) => {
                         warn!("retention cut short by the shutdown deadline");
                     }
-                    skipped = retention::prune(&*self.store, policy, now, &self.events) => {
+                    skipped = retention::prune(&*self.store, policy, now, &info.file, &self.events) => {
                         if let Some(skipped) = skipped {
                             self.shared.status.set_skipped(skipped);
                         }

@@ -217,12 +217,58 @@ impl Catalog {
     }
 
     /// The deltas of the chain that starts at the full backup `base`: every
-    /// delta after it, up to the next full backup.
+    /// delta after it, up to the next full backup of a later time. Full
+    /// backups with the same time in their names are *twins* (`x.json`
+    /// beside a `x.json.zst` made by running `zstd` on it, or a `.msgpack`
+    /// copy): the deltas after them belong to all of them, and each delta
+    /// names the one it builds on (see [`fulls_to_try`](Self::fulls_to_try)).
     pub(crate) fn chain_deltas(&self, base: usize) -> std::ops::Range<usize> {
-        let end = (base + 1..self.entries.len())
+        let stamp = self.entries[base].name.stamp();
+        let start = (base + 1..self.entries.len())
+            .find(|&i| {
+                self.entries[i].kind() != BackupKind::Full || self.entries[i].name.stamp() != stamp
+            })
+            .unwrap_or(self.entries.len());
+        let end = (start..self.entries.len())
             .find(|&i| self.entries[i].kind() == BackupKind::Full)
             .unwrap_or(self.entries.len());
-        base + 1..end
+        start..end
+    }
+
+    /// The full backups, newest first, in the order a restore tries them:
+    /// of twins (full backups with the same time in their names), the one the first delta after
+    /// them names as its base comes first (its header is read, only when
+    /// there are twins), then the others newest name first.
+    pub(crate) async fn fulls_to_try(&self) -> Vec<usize> {
+        let fulls: Vec<usize> = self.fulls().rev().collect();
+        let mut out = Vec::with_capacity(fulls.len());
+        let mut k = 0;
+        while k < fulls.len() {
+            let stamp = self.entries[fulls[k]].name.stamp();
+            let mut group = vec![fulls[k]];
+            while k + group.len() < fulls.len()
+                && self.entries[fulls[k + group.len()]].name.stamp() == stamp
+            {
+                group.push(fulls[k + group.len()]);
+            }
+            k += group.len();
+            if group.len() > 1 {
+                if let Some(first) = self.chain_deltas(group[0]).next() {
+                    if let Ok(h) = self.header(&self.entries[first]).await {
+                        let named = h.meta.as_ref().and_then(|m| m.base.clone());
+                        if let Some(pos) = group
+                            .iter()
+                            .position(|&i| Some(self.entries[i].file_name()) == named.as_deref())
+                        {
+                            let chosen = group.remove(pos);
+                            group.insert(0, chosen);
+                        }
+                    }
+                }
+            }
+            out.extend(group);
+        }
+        out
     }
 
     /// Deltas before the first full backup: they belong to no chain.

@@ -27,8 +27,8 @@ use std::time::SystemTime;
 
 pub use list::{list_store, ListedFile, Listing};
 pub use verify::{
-    inspect, inspect_file, verify_dir, verify_store, ChainReport, FileReport, TableSummary,
-    VerifyReport,
+    inspect, inspect_file, verify_dir, verify_store, ChainReport, FileReport, SoundChain,
+    TableSummary, VerifyReport,
 };
 
 use crate::db::DictDB;
@@ -244,6 +244,22 @@ impl Restore {
     /// and every file of the store.
     pub async fn verify(&self) -> Result<VerifyReport> {
         verify::verify_with(self).await
+    }
+
+    /// The newest chain of the store that restores soundly: full backups
+    /// are tried newest first (of full backups with the same time, the one
+    /// the next delta names as its base first), each chain restored
+    /// strictly and without limits as [`run`](Self::run) would (every byte
+    /// read and checked, the database built and dropped), until one
+    /// restores. What `dictdb-backup prune` keeps, with every newer chain,
+    /// before it deletes anything. Reads every file of the chains it
+    /// tries, and nothing older.
+    ///
+    /// A store that does not send a file, or an encrypted file no identity
+    /// of this `Restore` opens, is an error: nothing can be said of that
+    /// chain.
+    pub async fn newest_sound_chain(&self) -> Result<SoundChain> {
+        verify::newest_sound(self).await
     }
 
     /// [`inspect`] with this restore's identities: checks one file.

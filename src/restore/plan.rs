@@ -92,7 +92,7 @@ pub(crate) async fn choose(
         }
     }
     let mut base = None;
-    for i in catalog.fulls().rev() {
+    for i in catalog.fulls_to_try().await {
         let e = &catalog.entries[i];
         if excluded.contains(&i) || !within_time(e) {
             continue;

@@ -220,7 +220,11 @@ pub(crate) async fn verify_with(opts: &Restore) -> Result<VerifyReport> {
             )),
         });
     }
-    for base in catalog.fulls() {
+    // Oldest first; of twins (full backups with the same time), the one
+    // restore uses last, so that `newest_chain` is restore's chain.
+    let mut order = catalog.fulls_to_try().await;
+    order.reverse();
+    for base in order {
         let members: Vec<usize> = std::iter::once(base)
             .chain(catalog.chain_deltas(base))
             .collect();
@@ -256,6 +260,67 @@ pub(crate) async fn verify_with(opts: &Restore) -> Result<VerifyReport> {
         r
     }));
     Ok(VerifyReport { files: out, chains })
+}
+
+/// What [`Restore::newest_sound_chain`] found: the newest chain of a store
+/// that restores, and the newer ones that do not.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SoundChain {
+    /// The full backup of the newest chain that restores soundly, strictly
+    /// and without limits (every byte read and checked, as a restore does);
+    /// `None` when no chain of the store restores.
+    pub base: Option<String>,
+    /// The full backups of the newer chains (newest first) that do not
+    /// restore, each with the first problem found.
+    pub newer_unsound: Vec<super::Stopped>,
+}
+
+/// Whether an error says nothing about the backup data: the store did not
+/// send the file, or no identity opens it.
+fn undecided(e: &Error) -> bool {
+    e.is_store_failure()
+        || matches!(
+            e,
+            Error::Decrypt {
+                kind: crate::DecryptFailure::MissingIdentity | crate::DecryptFailure::WrongIdentity,
+                ..
+            }
+        )
+}
+
+/// [`Restore::newest_sound_chain`].
+pub(crate) async fn newest_sound(opts: &Restore) -> Result<SoundChain> {
+    let mut opts = opts.clone();
+    opts.lenient = false;
+    opts.until_time = None;
+    opts.until_seq = None;
+    let catalog = opts.catalog().await?;
+    let mut newer_unsound = Vec::new();
+    for base in catalog.fulls_to_try().await {
+        let name = catalog.entries[base].file_name().to_string();
+        let result = match super::plan::choose_chain(&opts, &catalog, base).await {
+            Ok(chosen) => match apply::load(&opts, &catalog, &chosen, None).await {
+                Ok(_) => Ok(()),
+                Err(apply::Failed::Base(e) | apply::Failed::Other(e)) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                return Ok(SoundChain {
+                    base: Some(name),
+                    newer_unsound,
+                })
+            }
+            Err(e) if undecided(&e) => return Err(e),
+            Err(error) => newer_unsound.push(super::Stopped { file: name, error }),
+        }
+    }
+    Ok(SoundChain {
+        base: None,
+        newer_unsound,
+    })
 }
 
 /// Restores one chain strictly, recording a report for each file it used.

@@ -93,10 +93,23 @@ use crate::store::{BackupStore, SkippedEntry};
 /// Entries the listing skipped (see [`BackupEvent::EntriesSkipped`]) are
 /// reported and returned (`None`: the store could not be listed); their
 /// names never reach the plan, so none is ever deleted.
+///
+/// `written` is the full backup the manager has just written. Its chain and
+/// every chain after it are kept ([`RetentionPolicy::plan_keeping`]), the
+/// same rule `dictdb-backup prune` applies after reading the chains: no
+/// chain is deleted unless a newer chain kept is known to restore. Here no
+/// file is read to know it: the manager serialised that full backup from
+/// its own database, its commit succeeded (retention runs only after a
+/// successful full backup; after an uncertain commit the next backup is a
+/// full one), so the chain it starts restores. Any chain named after it (a
+/// file from a clock that ran ahead, a copy, garbage under a newer name) is
+/// kept too, never taken for the newest chain in its place, so the rules
+/// count from names but can never delete the chain just written.
 pub(crate) async fn prune(
     store: &dyn BackupStore,
     policy: &RetentionPolicy,
     now: SystemTime,
+    written: &str,
     events: &broadcast::Sender<BackupEvent>,
 ) -> Option<Vec<SkippedEntry>> {
     if policy.keeps_everything() {
@@ -124,7 +137,7 @@ pub(crate) async fn prune(
             entries: skipped.clone(),
         });
     }
-    let plan = policy.plan(&listing.files, now);
+    let plan = policy.plan_keeping(&listing.files, now, written);
     if plan.deletions().is_empty() {
         return Some(skipped);
     }
@@ -381,18 +394,97 @@ mod tests {
         let plan = RetentionPolicy::default()
             .keep_last(1)
             .plan(&files, at(200));
-        // Fulls: 100.json < 100.msgpack; both deltas belong to the last,
-        // which is the newest chain. A padded name is no writer's: ignored,
-        // never deleted (its unpadded spelling is another file).
-        assert_eq!(gone(&plan), ["dictdb_backup_100_000000.json"]);
+        // Fulls: 100.json < 100.msgpack, twins of the same time: one chain
+        // (the deltas name which one they build on), kept whole. A padded
+        // name is no writer's: ignored, never deleted (its unpadded
+        // spelling is another file).
+        assert!(gone(&plan).is_empty(), "{plan}");
         assert_eq!(plan.ignored(), ["dictdb_backup_0100_000000.json"]);
         assert_eq!(
             kept(&plan),
             [
+                "dictdb_backup_100_000000.json",
                 "dictdb_backup_100_000000.msgpack",
                 "dictdb_delta_100_000000.json",
                 "dictdb_delta_100_000000.msgpack",
             ]
+        );
+        assert_eq!(
+            plan.kept()[0].reasons,
+            [KeepReason::NewestChain, KeepReason::Last { rank: 1 }]
+        );
+    }
+
+    #[test]
+    fn twins_of_a_kept_full_backup_are_kept_and_share_its_rank() {
+        // A `zstd` copy beside the older full backup: the chain of 200 and
+        // both files of 100 (one chain) are the last two.
+        let files = [
+            f("dictdb_backup_50_000000.json"),
+            f("dictdb_backup_100_000000.json"),
+            f("dictdb_backup_100_000000.json.zst"),
+            f("dictdb_delta_101_000000.json"),
+            f("dictdb_backup_200_000000.json"),
+        ];
+        let plan = RetentionPolicy::default()
+            .keep_last(2)
+            .plan(&files, at(300));
+        assert_eq!(gone(&plan), ["dictdb_backup_50_000000.json"]);
+        // keep-last 1: the twins go together, the delta first.
+        let plan = RetentionPolicy::default()
+            .keep_last(1)
+            .plan(&files, at(300));
+        assert_eq!(
+            gone(&plan),
+            [
+                "dictdb_backup_50_000000.json",
+                "dictdb_delta_101_000000.json",
+                "dictdb_backup_100_000000.json.zst",
+                "dictdb_backup_100_000000.json",
+            ]
+        );
+    }
+
+    #[test]
+    fn plan_keeping_keeps_the_restorable_chain_and_every_newer_one() {
+        let files = [
+            f("dictdb_backup_100_000000.json"),
+            f("dictdb_delta_101_000000.json"),
+            f("dictdb_backup_200_000000.json"),
+            f("dictdb_delta_201_000000.json"),
+            f("dictdb_backup_300_000000.json"),
+        ];
+        let p = RetentionPolicy::default().keep_last(1);
+        // 300 (newest by name) does not restore; 200 does.
+        let plan = p.plan_keeping(&files, at(400), "dictdb_backup_200_000000.json");
+        assert_eq!(
+            gone(&plan),
+            [
+                "dictdb_delta_101_000000.json",
+                "dictdb_backup_100_000000.json"
+            ]
+        );
+        assert_eq!(plan.kept()[0].reasons, [KeepReason::Restorable]);
+        assert_eq!(
+            plan.kept()[2].reasons,
+            [
+                KeepReason::NewestChain,
+                KeepReason::Last { rank: 1 },
+                KeepReason::NewerThanRestorable {
+                    restorable: "dictdb_backup_200_000000.json".into()
+                }
+            ]
+        );
+        // The oldest restores: nothing goes.
+        let plan = p.plan_keeping(&files, at(400), "dictdb_backup_100_000000.json");
+        assert!(gone(&plan).is_empty(), "{plan}");
+        // A name that is no backup's protects everything.
+        let plan = p.plan_keeping(&files, at(400), "notes.txt");
+        assert!(gone(&plan).is_empty(), "{plan}");
+        // The newest restores: the rules alone.
+        assert_eq!(
+            gone(&p.plan_keeping(&files, at(400), "dictdb_backup_300_000000.json")),
+            gone(&p.plan(&files, at(400)))
         );
     }
 

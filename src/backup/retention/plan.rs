@@ -65,6 +65,17 @@ pub enum KeepReason {
     },
     /// The policy has no rule, so it keeps everything.
     NoRule,
+    /// The chain of the newest full backup known to restore (checked by
+    /// reading it, or the full backup a manager has just written): never
+    /// deleted. See [`RetentionPolicy::plan_keeping`].
+    Restorable,
+    /// A chain newer than the newest one known to restore: it did not
+    /// restore, or was not checked. Never deleted, so that nothing newer
+    /// than a sound chain is lost before a newer sound chain exists.
+    NewerThanRestorable {
+        /// The full backup of the newest chain known to restore.
+        restorable: String,
+    },
 }
 
 impl fmt::Display for KeepReason {
@@ -81,6 +92,12 @@ impl fmt::Display for KeepReason {
             KeepReason::Unreadable => f.write_str("a pickle file, never deleted"),
             KeepReason::Chain { because } => write!(f, "in the chain kept for {because}"),
             KeepReason::NoRule => f.write_str("no rule set, everything is kept"),
+            KeepReason::Restorable => f.write_str("newest chain that restores"),
+            KeepReason::NewerThanRestorable { restorable } => write!(
+                f,
+                "newer than {restorable}, the newest chain that restores: kept until a newer \
+                 chain restores"
+            ),
         }
     }
 }
@@ -369,6 +386,37 @@ impl RetentionPolicy {
     /// kept whole if any rule keeps any of its files, and deleted whole
     /// otherwise. See [`RetentionPlan`] for an example.
     pub fn plan(&self, files: &[StoredFile], now: SystemTime) -> RetentionPlan {
+        self.plan_with(files, now, None)
+    }
+
+    /// [`plan`](Self::plan), and also keeps the chain of the full backup
+    /// `restorable` ([`KeepReason::Restorable`]) and every chain after it
+    /// ([`KeepReason::NewerThanRestorable`]), whatever the rules say.
+    ///
+    /// `restorable` must be a full backup known to restore: the newest chain
+    /// that a restore checked ([`Restore::newest_sound_chain`], what
+    /// `dictdb-backup prune` does), or the full backup a manager has just
+    /// written. [`plan`](Self::plan) alone protects the newest chain *by
+    /// name*, which may be damaged or not be a backup at all; with this,
+    /// no chain is deleted unless a newer chain kept is known to restore.
+    /// A name that is not a backup's protects every chain.
+    ///
+    /// [`Restore::newest_sound_chain`]: crate::restore::Restore::newest_sound_chain
+    pub fn plan_keeping(
+        &self,
+        files: &[StoredFile],
+        now: SystemTime,
+        restorable: &str,
+    ) -> RetentionPlan {
+        self.plan_with(files, now, Some(restorable))
+    }
+
+    fn plan_with(
+        &self,
+        files: &[StoredFile],
+        now: SystemTime,
+        restorable: Option<&str>,
+    ) -> RetentionPlan {
         let mut ignored = Vec::new();
         let mut entries = Vec::new();
         let mut seen = HashSet::new();
@@ -395,16 +443,47 @@ impl RetentionPolicy {
         });
 
         // Chains of indices into `entries`; the first starts with a delta
-        // when deltas come before every full backup (orphans).
+        // when deltas come before every full backup (orphans). Full backups
+        // with the same time in their names (twins: `x.json` and a
+        // `x.json.zst` or `x.msgpack` copy) are one chain: the deltas after
+        // them name one of them as their base, and which one is only known
+        // by reading them, so they are kept or deleted together.
         let mut chains: Vec<Vec<usize>> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             match chains.last_mut() {
                 Some(chain) if e.name.kind == BackupKind::Delta => chain.push(i),
+                Some(chain)
+                    if entries[chain[0]].name.kind == BackupKind::Full
+                        && entries[chain[0]].name.stamp() == e.name.stamp() =>
+                {
+                    chain.push(i)
+                }
                 _ => chains.push(vec![i]),
             }
         }
 
-        let direct = self.direct_reasons(&entries, &chains, now);
+        let mut direct = self.direct_reasons(&entries, &chains, now);
+        if let Some(restorable) = restorable {
+            let from = BackupName::parse(restorable).map(|n| n.stamp());
+            let mut first = true;
+            for chain in &chains {
+                let head = &entries[chain[0]].name;
+                if head.kind != BackupKind::Full || from.is_some_and(|s| head.stamp() < s) {
+                    continue;
+                }
+                let reason = if first && from == Some(head.stamp()) {
+                    KeepReason::Restorable
+                } else {
+                    KeepReason::NewerThanRestorable {
+                        restorable: restorable.to_string(),
+                    }
+                };
+                first = false;
+                for &i in chain {
+                    direct[i].push(reason.clone());
+                }
+            }
+        }
 
         let mut deletions = Vec::new();
         let mut kept = Vec::new();
@@ -474,8 +553,19 @@ impl RetentionPolicy {
             .rev()
             .filter(|&i| entries[i].readable && entries[i].name.kind == BackupKind::Full)
             .collect();
-        for (rank, &i) in fulls_newest_first.iter().take(self.last).enumerate() {
-            direct[i].push(KeepReason::Last { rank: rank + 1 });
+        // Twins (the same time) share a rank: they are one chain.
+        let mut rank = 0;
+        let mut last_stamp = None;
+        for &i in &fulls_newest_first {
+            let stamp = entries[i].name.stamp();
+            if last_stamp != Some(stamp) {
+                rank += 1;
+                last_stamp = Some(stamp);
+            }
+            if rank > self.last {
+                break;
+            }
+            direct[i].push(KeepReason::Last { rank });
         }
         if !self.within.is_zero() {
             if let Some(newest) = entries.iter().rev().find(|e| e.readable) {

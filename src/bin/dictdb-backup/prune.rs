@@ -2,6 +2,12 @@
 //! (`--keep-last`, `--keep-within`, `--keep-daily`, `--keep-weekly`,
 //! `--keep-monthly`), whole chains at a time, in an order that keeps the
 //! store restorable at every step; `--dry-run` shows what would go and why.
+//!
+//! Before planning, the chains are restored strictly, newest first, until
+//! one restores (`Restore::newest_sound_chain`, the restore's own code):
+//! that chain and every newer one are kept whatever the rules say, and
+//! when no chain restores nothing is deleted (exit 1). The rules alone go
+//! by names, and the newest name can be damaged, a copy or garbage.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -45,6 +51,11 @@ struct PruneReport {
     deleted: Vec<String>,
     /// The deletion that failed, which stopped the prune.
     failed: Option<Failed>,
+    /// The full backup of the newest chain that restores (read and checked
+    /// before planning); it and every newer chain are kept.
+    restorable: Option<String>,
+    /// Newer chains that do not restore (kept), newest first, and why.
+    unsound: Vec<Failed>,
     #[serde(skip)]
     plan: String,
 }
@@ -91,8 +102,44 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     }
     let store = store::open(&req.store)?;
     let listing = store.list_all().await?;
-    let plan = policy.plan(&listing.files, SystemTime::now());
+    // The rules go by names; what is kept must restore. Checked first, by
+    // restoring the chains newest first until one does.
+    let sound = crate::keys::restore(std::sync::Arc::clone(&store))
+        .newest_sound_chain()
+        .await?;
+    let unsound: Vec<Failed> = sound
+        .newer_unsound
+        .iter()
+        .map(|s| Failed {
+            file: dictdb::printable_name(&s.file),
+            error: s.error.to_string(),
+        })
+        .collect();
+    let Some(restorable) = sound.base else {
+        let why = match sound.newer_unsound.first() {
+            None => "it holds no full backup".to_string(),
+            Some(first) => format!(
+                "{} checked, none restores; the newest, {}: {}",
+                plural(sound.newer_unsound.len() as u64, "chain", "chains"),
+                dictdb::printable_name(&first.file),
+                first.error
+            ),
+        };
+        return Err(CliError::new(
+            Exit::Damaged,
+            "no_sound_chain",
+            format!(
+                "prune deleted nothing: no chain of {} restores ({why}); a prune keeps the newest \
+                 chain that restores and everything newer, so with none it cannot tell what is \
+                 safe to delete (run `verify` to see every problem)",
+                store.location()
+            ),
+        ));
+    };
+    let plan = policy.plan_keeping(&listing.files, SystemTime::now(), &restorable);
     let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
+    report.restorable = Some(restorable);
+    report.unsound = unsound;
     let refused = listing.refuse_untrusted_names().skipped;
     report.skipped = refused
         .into_iter()
@@ -110,7 +157,17 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         });
     }
     out.report(&report)?;
+    for u in &report.unsound {
+        out.warn(&format!(
+            "the chain of {} does not restore, so it is kept, with every chain from {}, the \
+             newest chain that restores: {}",
+            u.file,
+            report.restorable.as_deref().unwrap_or("?"),
+            u.error,
+        ));
+    }
     match &report.failed {
+        None if !report.unsound.is_empty() => Ok(Exit::Damaged),
         None => Ok(Exit::Ok),
         Some(f) => {
             out.warn(&format!(
@@ -152,6 +209,8 @@ impl PruneReport {
             bytes_freed: plan.bytes_freed(),
             deleted: Vec::new(),
             failed: None,
+            restorable: None,
+            unsound: Vec::new(),
             plan: plan.to_string(),
         }
     }
