@@ -497,3 +497,61 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_twin_of_the_full_backup_is_not_taken_for_the_base_its_deltas_name() {
+    // Two full backups of one time (a copy in another format, or a `zstd`
+    // run that kept the original): the deltas name the one they build on,
+    // and restore uses that one, whichever sorts last.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, files, states, seqs) = chain(tmp.path()).await;
+    let stem = files[0].strip_suffix(".json").unwrap();
+    for twin in [format!("{stem}.msgpack"), format!("{stem}.json.zst")] {
+        std::fs::write(tmp.path().join(&twin), b"not a backup").unwrap();
+        let r = restore_dir(tmp.path()).await.unwrap();
+        assert_eq!(r.applied.len(), 4, "{twin}");
+        assert_eq!(r.applied[0].name, files[0]);
+        assert_eq!(r.seq, Some(seqs[3]));
+        assert_eq!(common::table_map(&r.db), states[3]);
+        // Verify reports the twin, and names the chain restore uses last.
+        let report = verify_dir(tmp.path()).await.unwrap();
+        assert!(!report.is_ok(), "{twin}");
+        assert_eq!(
+            report.newest_chain().unwrap().base.as_deref(),
+            Some(files[0].as_str())
+        );
+        let sound = Restore::from_dir(tmp.path())
+            .unwrap()
+            .newest_sound_chain()
+            .await
+            .unwrap();
+        assert_eq!(sound.base.as_deref(), Some(files[0].as_str()));
+        std::fs::remove_file(tmp.path().join(&twin)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_newest_sound_chain_passes_over_newer_chains_that_do_not_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, files, _, _) = chain(tmp.path()).await;
+    let r = Restore::from_dir(tmp.path()).unwrap();
+    let sound = r.newest_sound_chain().await.unwrap();
+    assert_eq!(sound.base.as_deref(), Some(files[0].as_str()));
+    assert!(sound.newer_unsound.is_empty());
+    // Garbage under a newer name: not taken for the newest chain.
+    let fake = "dictdb_backup_4102444799_000000.json";
+    std::fs::write(tmp.path().join(fake), r#"{"tables":{}}"#).unwrap();
+    let sound = r.newest_sound_chain().await.unwrap();
+    assert_eq!(sound.base.as_deref(), Some(files[0].as_str()));
+    assert_eq!(sound.newer_unsound.len(), 1);
+    assert_eq!(sound.newer_unsound[0].file, fake);
+    // A damaged last delta: the chain does not restore strictly.
+    let last = tmp.path().join(&files[3]);
+    let mut bytes = std::fs::read(&last).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 1;
+    std::fs::write(&last, bytes).unwrap();
+    let sound = r.newest_sound_chain().await.unwrap();
+    assert_eq!(sound.base, None);
+    assert_eq!(sound.newer_unsound.len(), 2);
+}

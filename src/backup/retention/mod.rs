@@ -99,12 +99,14 @@ use crate::store::{BackupStore, SkippedEntry};
 /// same rule `dictdb-backup prune` applies after reading the chains: no
 /// chain is deleted unless a newer chain kept is known to restore. Here no
 /// file is read to know it: the manager serialised that full backup from
-/// its own database, its commit succeeded (retention runs only after a
-/// successful full backup; after an uncertain commit the next backup is a
-/// full one), so the chain it starts restores. Any chain named after it (a
-/// file from a clock that ran ahead, a copy, garbage under a newer name) is
-/// kept too, never taken for the newest chain in its place, so the rules
-/// count from names but can never delete the chain just written.
+/// its own database and its commit succeeded (retention runs only after a
+/// successful full backup), so the chain it starts restores. And it is the
+/// newest chain: the manager names each file after every trusted name in
+/// the store (a name from a clock that ran ahead included), and holds the
+/// directory's lock, so nothing newer can appear beside it. Passing its
+/// name still matters where that does not hold (object storage has no
+/// lock): a chain named after it is kept, never taken for the newest chain
+/// in its place, so the chain just written is never deleted.
 pub(crate) async fn prune(
     store: &dyn BackupStore,
     policy: &RetentionPolicy,
