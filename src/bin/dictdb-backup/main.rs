@@ -187,7 +187,11 @@ enum Command {
     /// A file is kept when any rule keeps it. Only full backups count for
     /// --keep-last and the calendar rules (UTC days, ISO weeks, months);
     /// a kept full backup keeps its deltas. The newest chain and files that
-    /// are not backups are never deleted. At least one rule is required.
+    /// are not backups are never deleted. First the chains are restored,
+    /// newest first, until one restores: it and every newer chain are kept;
+    /// if none restores, nothing is deleted (exit 1). Exit 1 too when a
+    /// newer chain does not restore (it is kept). At least one rule is
+    /// required.
     #[command(after_help = EXIT_CODES)]
     Prune {
         #[arg(value_name = "STORE", help = STORE_HELP)]
