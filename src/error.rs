@@ -211,6 +211,12 @@ pub enum Error {
     #[error("the backup manager's actor panicked: {0}")]
     ManagerPanicked(String),
 
+    /// A write to a read-only database: a [`crate::replica::Replica`]'s
+    /// database changes only by the backups it follows, until it is
+    /// promoted. The message says whose database it is.
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+
     /// A record that cannot be converted to or from the requested Rust type
     /// (`Table::insert_as`, `Table::get_as`).
     #[error("record {key} of table `{table}` does not convert to the requested type: {message}")]
@@ -344,6 +350,7 @@ impl Clone for Error {
                 detail: detail.clone(),
             },
             Error::ManagerPanicked(s) => Error::ManagerPanicked(s.clone()),
+            Error::ReadOnly(s) => Error::ReadOnly(s.clone()),
             Error::RecordType {
                 table,
                 key,

@@ -140,6 +140,7 @@ impl DictDB {
         }
         let mut guard = self.lock();
         let st = &mut *guard;
+        st.check_writable()?;
 
         // Phase 1: work out every change without touching the database.
         let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
