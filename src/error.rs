@@ -217,6 +217,12 @@ pub enum Error {
     #[error("the database is read-only: {0}")]
     ReadOnly(String),
 
+    /// [`crate::PreparedChanges::commit`] found that the tables it changes
+    /// (or the database's sequence number) moved since the change set was
+    /// prepared: nothing was changed; prepare it again.
+    #[error("the database changed since the change set was prepared; nothing was applied (prepare it again)")]
+    Conflict,
+
     /// A record that cannot be converted to or from the requested Rust type
     /// (`Table::insert_as`, `Table::get_as`).
     #[error("record {key} of table `{table}` does not convert to the requested type: {message}")]
@@ -351,6 +357,7 @@ impl Clone for Error {
             },
             Error::ManagerPanicked(s) => Error::ManagerPanicked(s.clone()),
             Error::ReadOnly(s) => Error::ReadOnly(s.clone()),
+            Error::Conflict => Error::Conflict,
             Error::RecordType {
                 table,
                 key,

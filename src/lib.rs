@@ -103,8 +103,8 @@ pub use backup::{
     RetentionPlan, RetentionPolicy,
 };
 pub use db::{
-    apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,
-    TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
+    apply_delta, Change, ChangeSet, DictDB, Mutation, PreparedChanges, SaveInfo, Snapshot, Table,
+    TableChanges, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
 pub use error::{Error, Result};
 pub use format::{FileFormat, Integrity};

@@ -17,7 +17,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub(crate) use changeset::record_key;
-pub use changeset::{ChangeSet, TableChanges};
+pub(crate) use changeset::Writer;
+pub use changeset::{ChangeSet, PreparedChanges, TableChanges};
 pub use file::{apply_delta, SaveInfo};
 pub use mutation::{Change, Mutation};
 pub use snapshot::{Snapshot, TableSnapshot};
@@ -230,6 +231,24 @@ impl DictDB {
                 table: Arc::clone(table),
                 change: change(),
             });
+        }
+    }
+
+    /// Whether anyone listens to the mutation stream (events are built only
+    /// then).
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.shared
+            .events
+            .get()
+            .is_some_and(|e| e.receiver_count() > 0)
+    }
+
+    /// Publishes a change whose sequence number was assigned under the lock
+    /// (a replica's apply publishes after releasing it: see
+    /// `changeset.rs`).
+    pub(crate) fn publish(&self, seq: u64, table: Arc<str>, change: Change) {
+        if let Some(events) = self.shared.events.get() {
+            let _ = events.send(Mutation { seq, table, change });
         }
     }
 
