@@ -248,31 +248,60 @@ impl BackupManager {
     /// # }
     /// ```
     pub async fn restore_or_start(config: BackupConfig) -> Result<Resumed> {
+        let (store, lock) = Self::open_for_writing(&config).await?;
+        let restored = match Restore::new(Arc::clone(&store)).run().await {
+            Ok(restored) => Some(restored),
+            Err(Error::NoBackup(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self::continue_chain(store, config, lock, restored))
+    }
+
+    /// Checks the runtime and the configuration, opens the store and takes
+    /// its single-writer lock: the first step of every start that reads the
+    /// store before writing to it ([`restore_or_start`](Self::restore_or_start),
+    /// a replica's promotion), so no other manager can write in between.
+    pub(crate) async fn open_for_writing(
+        config: &BackupConfig,
+    ) -> Result<(Arc<dyn BackupStore>, Option<WriterLock>)> {
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
         let store = config.open()?;
         let lock = store.lock_writer().await?;
-        let (db, resume, restored) = match Restore::new(Arc::clone(&store)).run().await {
-            Ok(restored) => {
-                let resume = match (restored.seq, restored.applied.first()) {
+        Ok((store, lock))
+    }
+
+    /// Starts a manager on the database a restore (or a replica) reached,
+    /// continuing its chain: in incremental mode the next backup is a delta
+    /// on the chain's full backup, and the delta count goes on from the
+    /// deltas applied. `None`: an empty database and a new chain. The one
+    /// way `restore_or_start` and `Replica::promote` seed the actor.
+    pub(crate) fn continue_chain(
+        store: Arc<dyn BackupStore>,
+        config: BackupConfig,
+        lock: Option<WriterLock>,
+        restored: Option<Restored>,
+    ) -> Resumed {
+        let (db, resume) = match &restored {
+            Some(r) => {
+                let resume = match (r.seq, r.applied.first()) {
                     // Files without sequence numbers (the Python original's)
                     // cannot be continued exactly: the next backup is full.
                     (Some(_), Some(base)) => Some(Resume {
                         base: base.name.clone(),
-                        deltas: u32::try_from(restored.applied.len() - 1).unwrap_or(u32::MAX),
+                        deltas: u32::try_from(r.applied.len() - 1).unwrap_or(u32::MAX),
                     }),
                     _ => None,
                 };
-                (restored.db.clone(), resume, Some(restored))
+                (r.db.clone(), resume)
             }
-            Err(Error::NoBackup(_)) => (DictDB::new(), None, None),
-            Err(e) => return Err(e),
+            None => (DictDB::new(), None),
         };
         let manager = Self::spawn(db.clone(), store, config, lock, resume);
-        Ok(Resumed {
+        Resumed {
             db,
             manager,
             restored,
-        })
+        }
     }
 
     fn spawn(
