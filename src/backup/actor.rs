@@ -54,7 +54,7 @@ pub(crate) struct Actor {
     shared: Arc<Shared>,
     /// Held for the actor's lifetime: one writer per store. Declared
     /// before `events` so it is released before subscribers see the end.
-    _lock: Option<WriterLock>,
+    lock: Option<WriterLock>,
     /// The only strong sender: the event stream ends with the actor.
     events: broadcast::Sender<BackupEvent>,
     /// The shutdown deadline, once `shutdown` sets one.
@@ -134,7 +134,7 @@ impl Actor {
             shared,
             events,
             deadline,
-            _lock: lock,
+            lock,
             mutations,
             pending: Pending::new(seq),
             in_flight_changes: 0,
@@ -203,6 +203,11 @@ impl Actor {
             }
         }
         info!(store = %self.store.location(), "backup manager stopped");
+        // An object store's lease is given up by a request: waited for, so
+        // a writer started once this one is stopped finds the store free.
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         let shared = Arc::clone(&self.shared);
         // Releases the store lock and closes the event stream before anyone
         // is told the actor has ended.

@@ -14,10 +14,20 @@
 use std::any::Any;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// How a lock that needs a request to be given up is released.
+pub(crate) type Release =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The longest [`WriterLock::release`] waits for the store.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Name of the lock file in a backup directory.
 pub(crate) const LOCK_FILE: &str = ".dictdb-lock";
@@ -27,6 +37,7 @@ pub(crate) const LOCK_FILE: &str = ".dictdb-lock";
 pub struct WriterLock {
     description: String,
     _guard: Box<dyn Any + Send + Sync>,
+    release: Option<Release>,
 }
 
 impl fmt::Debug for WriterLock {
@@ -44,6 +55,29 @@ impl WriterLock {
         WriterLock {
             description: description.into(),
             _guard: Box::new(guard),
+            release: None,
+        }
+    }
+
+    /// A lock given up by a request (an object-store lease): `release` runs
+    /// on [`release`](Self::release); dropped instead, the guard's own
+    /// `Drop` gives it up in the background.
+    pub(crate) fn with_release(
+        description: impl Into<String>,
+        guard: impl Any + Send + Sync,
+        release: Release,
+    ) -> WriterLock {
+        let mut lock = WriterLock::new(description, guard);
+        lock.release = Some(release);
+        lock
+    }
+
+    /// Gives the lock up and waits (at most a few seconds) until the store
+    /// confirms, so a writer started right after finds it free. Dropping
+    /// the lock releases it too, without waiting.
+    pub(crate) async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, release()).await;
         }
     }
 
