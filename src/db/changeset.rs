@@ -252,11 +252,7 @@ struct Staged {
 
 /// Works out every change of `changes` against `base` (the touched tables
 /// as they stand), without touching the database. `file` names errors.
-fn stage(
-    changes: &ChangeSet,
-    file: &str,
-    base: &BTreeMap<Arc<str>, TableState>,
-) -> Result<Staged> {
+fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>) -> Result<Staged> {
     // `None`: dropped by the set (and not created again).
     let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
     for name in &changes.dropped {
@@ -419,7 +415,12 @@ impl DictDB {
 
     /// Applies `changes` as `writer`: staged off the lock, committed under
     /// it; staged again when the database moved meanwhile.
-    pub(crate) fn apply_as(&self, changes: &ChangeSet, file: &str, writer: Writer) -> Result<usize> {
+    pub(crate) fn apply_as(
+        &self,
+        changes: &ChangeSet,
+        file: &str,
+        writer: Writer,
+    ) -> Result<usize> {
         for _ in 0..OPTIMISTIC_ROUNDS {
             match self.prepare_as(changes, file, writer)?.commit() {
                 Err(Error::Conflict) => continue,
@@ -611,7 +612,10 @@ mod tests {
         let (db, changes) = fixture(10);
         let prepared = db.prepare(&changes).unwrap();
         assert_eq!(prepared.affected(), 3);
-        db.table("users").unwrap().update(5, json!({"v": 5})).unwrap();
+        db.table("users")
+            .unwrap()
+            .update(5, json!({"v": 5}))
+            .unwrap();
         let seq = db.seq();
         assert!(matches!(prepared.commit(), Err(Error::Conflict)));
         assert_eq!(db.seq(), seq);
