@@ -217,6 +217,11 @@ pub enum Error {
     #[error("the database is read-only: {0}")]
     ReadOnly(String),
 
+    /// The replica has stopped following its store (stopped, promoted, or
+    /// its task ended); its database stays as it was, read-only.
+    #[error("the replica has stopped following its store")]
+    ReplicaStopped,
+
     /// [`crate::PreparedChanges::commit`] found that the tables it changes
     /// (or the database's sequence number) moved since the change set was
     /// prepared: nothing was changed; prepare it again.
@@ -358,6 +363,7 @@ impl Clone for Error {
             Error::ManagerPanicked(s) => Error::ManagerPanicked(s.clone()),
             Error::ReadOnly(s) => Error::ReadOnly(s.clone()),
             Error::Conflict => Error::Conflict,
+            Error::ReplicaStopped => Error::ReplicaStopped,
             Error::RecordType {
                 table,
                 key,

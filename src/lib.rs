@@ -65,6 +65,8 @@
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
 //! - [`restore`]: restoring a backup directory (or any store), verifying it.
+//! - [`replica`]: a read-only [`DictDB`] that follows a store's backups
+//!   ([`replica::Replica::follow`]) and can be promoted to writer.
 //! - [`Error`]: the one error type.
 //!
 //! ## Features
@@ -95,6 +97,7 @@ mod format;
 mod key;
 mod naming;
 mod record;
+pub mod replica;
 pub mod restore;
 pub mod store;
 

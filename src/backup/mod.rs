@@ -254,7 +254,8 @@ impl BackupManager {
             Err(Error::NoBackup(_)) => None,
             Err(e) => return Err(e),
         };
-        Ok(Self::continue_chain(store, config, lock, restored))
+        let db = restored.as_ref().map_or_else(DictDB::new, |r| r.db.clone());
+        Ok(Self::continue_chain(db, store, config, lock, restored))
     }
 
     /// Checks the runtime and the configuration, opens the store and takes
@@ -273,15 +274,16 @@ impl BackupManager {
     /// Starts a manager on the database a restore (or a replica) reached,
     /// continuing its chain: in incremental mode the next backup is a delta
     /// on the chain's full backup, and the delta count goes on from the
-    /// deltas applied. `None`: an empty database and a new chain. The one
-    /// way `restore_or_start` and `Replica::promote` seed the actor.
+    /// deltas applied. `None`: a new chain (`db` holds no backed-up state).
+    /// The one way `restore_or_start` and `Replica::promote` seed the actor.
     pub(crate) fn continue_chain(
+        db: DictDB,
         store: Arc<dyn BackupStore>,
         config: BackupConfig,
         lock: Option<WriterLock>,
         restored: Option<Restored>,
     ) -> Resumed {
-        let (db, resume) = match &restored {
+        let resume = match &restored {
             Some(r) => {
                 let resume = match (r.seq, r.applied.first()) {
                     // Files without sequence numbers (the Python original's)
@@ -292,9 +294,9 @@ impl BackupManager {
                     }),
                     _ => None,
                 };
-                (r.db.clone(), resume)
+                resume
             }
-            None => (DictDB::new(), None),
+            None => None,
         };
         let manager = Self::spawn(db.clone(), store, config, lock, resume);
         Resumed {

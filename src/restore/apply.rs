@@ -166,7 +166,7 @@ fn changed(e: &Entry) -> Error {
 }
 
 /// Sees each file once it was applied (verify reports on them).
-pub(crate) type Observer<'a> = &'a mut (dyn FnMut(usize, Seen) + Send);
+pub(crate) type Observer<'a> = &'a mut (dyn FnMut(usize, Seen) + Send + Sync);
 
 /// Loads the chosen chain.
 pub(crate) async fn load(

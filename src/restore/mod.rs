@@ -15,10 +15,10 @@
 //! from their headers, `apply` decodes and applies them, `verify` runs the
 //! same code over every chain of a store.
 
-mod apply;
-mod chain;
+pub(crate) mod apply;
+pub(crate) mod chain;
 mod list;
-mod plan;
+pub(crate) mod plan;
 mod verify;
 
 use std::path::Path;
