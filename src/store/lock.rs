@@ -62,6 +62,7 @@ impl WriterLock {
     /// A lock given up by a request (an object-store lease): `release` runs
     /// on [`release`](Self::release); dropped instead, the guard's own
     /// `Drop` gives it up in the background.
+    #[cfg(feature = "object-store")]
     pub(crate) fn with_release(
         description: impl Into<String>,
         guard: impl Any + Send + Sync,
