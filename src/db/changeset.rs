@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{validate_table_name, Change, DictDB, State, TableState};
 use crate::error::{Error, Result};
@@ -237,6 +238,8 @@ impl Seen {
 
 /// Every change of a set, worked out on copies of the tables.
 struct Staged {
+    /// Whether `events` holds the record changes (else nobody subscribed).
+    with_events: bool,
     /// Tables the set drops (removed first, when they exist).
     dropped: Vec<Arc<str>>,
     /// Tables the set creates, with their key field (replacing any table of
@@ -252,7 +255,15 @@ struct Staged {
 
 /// Works out every change of `changes` against `base` (the touched tables
 /// as they stand), without touching the database. `file` names errors.
-fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>) -> Result<Staged> {
+///
+/// `with_events`: build the record change events (skipped while nobody
+/// subscribes: a commit that then finds a subscriber stages again).
+fn stage(
+    changes: &ChangeSet,
+    file: &str,
+    base: &BTreeMap<Arc<str>, TableState>,
+    with_events: bool,
+) -> Result<Staged> {
     // `None`: dropped by the set (and not created again).
     let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
     for name in &changes.dropped {
@@ -264,7 +275,8 @@ fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>)
         staged.insert(Arc::clone(name), Some(TableState::new(0, Arc::clone(pk))));
     }
     let mut affected = 0usize;
-    let mut events: Vec<(Arc<str>, Change)> = Vec::with_capacity(changes.len());
+    let mut events: Vec<(Arc<str>, Change)> =
+        Vec::with_capacity(if with_events { changes.len() } else { 0 });
     for t in &changes.tables {
         let name = &t.name;
         let mut table = match staged.get(name) {
@@ -302,6 +314,9 @@ fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>)
             table.bump(&key);
             let existed = table.records.insert(key.clone(), rec.clone()).is_some();
             affected += 1;
+            if !with_events {
+                continue;
+            }
             let change = if existed {
                 Change::Update {
                     key,
@@ -318,7 +333,9 @@ fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>)
         for key in &t.deletes {
             if table.records.remove(key).is_some() {
                 affected += 1;
-                events.push((Arc::clone(name), Change::Delete { key: key.clone() }));
+                if with_events {
+                    events.push((Arc::clone(name), Change::Delete { key: key.clone() }));
+                }
             }
         }
         staged.insert(Arc::clone(name), Some(table));
@@ -336,6 +353,7 @@ fn stage(changes: &ChangeSet, file: &str, base: &BTreeMap<Arc<str>, TableState>)
         }
     }
     Ok(Staged {
+        with_events,
         dropped: changes.dropped.clone(),
         created: changes
             .created
@@ -380,6 +398,7 @@ impl DictDB {
     /// [`apply`](Self::apply), with errors naming `file`.
     pub(crate) fn apply_named(&self, changes: &ChangeSet, file: &str) -> Result<usize> {
         self.apply_as(changes, file, Writer::User)
+            .map(|a| a.affected)
     }
 
     /// Works out every change of `changes` against the database as it
@@ -404,7 +423,7 @@ impl DictDB {
             check(&st, writer)?;
             Seen::take(&st, changes)
         };
-        let staged = stage(changes, file, &seen.tables)?;
+        let staged = stage(changes, file, &seen.tables, self.has_subscribers())?;
         Ok(PreparedChanges {
             db: self.clone(),
             writer,
@@ -420,23 +439,36 @@ impl DictDB {
         changes: &ChangeSet,
         file: &str,
         writer: Writer,
-    ) -> Result<usize> {
+    ) -> Result<Applied> {
         for _ in 0..OPTIMISTIC_ROUNDS {
-            match self.prepare_as(changes, file, writer)?.commit() {
+            match self.prepare_as(changes, file, writer)?.commit_timed() {
                 Err(Error::Conflict) => continue,
                 other => return other,
             }
         }
         // Writers keep winning the race: stage under the lock this time.
         let mut guard = self.lock();
+        let locked = Instant::now();
         check(&guard, writer)?;
         let seen = Seen::take(&guard, changes);
-        let staged = stage(changes, file, &seen.tables)?;
+        // (Events always: a subscriber may come while this runs.)
+        let staged = stage(changes, file, &seen.tables, true)?;
         let (affected, leftovers) = install(self, &mut guard, writer, staged);
+        let held = locked.elapsed();
         drop(guard);
         leftovers.publish(self);
-        Ok(affected)
+        Ok(Applied { affected, held })
     }
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Applied {
+    /// Records affected (see [`DictDB::apply`]).
+    pub(crate) affected: usize,
+    /// How long it held the database lock: what readers and writers could
+    /// have waited for.
+    pub(crate) held: Duration,
 }
 
 fn check(st: &State, writer: Writer) -> Result<()> {
@@ -456,8 +488,15 @@ impl PreparedChanges {
     /// that the tables they touch (and the sequence number) did not move
     /// since [`DictDB::prepare`], and to swap the new tables in. Returns the
     /// records affected, or [`Error::Conflict`] (nothing changed: prepare
-    /// again) when they moved, or [`Error::ReadOnly`].
+    /// again) when they moved (or when the changes were prepared while
+    /// nobody subscribed to the mutation stream and someone does now: their
+    /// events were not built), or [`Error::ReadOnly`].
     pub fn commit(self) -> Result<usize> {
+        self.commit_timed().map(|a| a.affected)
+    }
+
+    /// [`commit`](Self::commit), timing how long the lock was held.
+    pub(crate) fn commit_timed(self) -> Result<Applied> {
         let PreparedChanges {
             db,
             writer,
@@ -465,14 +504,18 @@ impl PreparedChanges {
             staged,
         } = self;
         let mut guard = db.lock();
+        let locked = Instant::now();
         check(&guard, writer)?;
-        if !seen.still(&guard) {
+        // Someone subscribed since the changes were worked out without
+        // their events: work them out again, with.
+        if !seen.still(&guard) || (!staged.with_events && db.has_subscribers()) {
             return Err(Error::Conflict);
         }
         let (affected, leftovers) = install(&db, &mut guard, writer, staged);
+        let held = locked.elapsed();
         drop(guard);
         leftovers.publish(&db);
-        Ok(affected)
+        Ok(Applied { affected, held })
     }
 }
 
@@ -480,8 +523,10 @@ impl PreparedChanges {
 /// and the replaced table roots, freed off the lock (dropping the last
 /// reference to a table's old nodes costs as much as the changes did).
 struct Leftovers {
-    /// Events not sent yet, numbered from `first + 1`.
+    /// Events not sent yet, numbered from `first + 1`: table drops and
+    /// creations, then record changes.
     events: Vec<(Arc<str>, Change)>,
+    record_events: Vec<(Arc<str>, Change)>,
     first: u64,
     publish: bool,
     _replaced: Vec<TableState>,
@@ -491,12 +536,14 @@ impl Leftovers {
     fn publish(self, db: &DictDB) {
         let Leftovers {
             events,
+            record_events,
             first,
             publish,
             _replaced,
         } = self;
         if publish {
-            for (seq, (name, change)) in (first + 1..).zip(events) {
+            let all = events.into_iter().chain(record_events);
+            for (seq, (name, change)) in (first + 1..).zip(all) {
                 db.publish(seq, name, change);
             }
         }
@@ -515,6 +562,7 @@ impl Leftovers {
 /// only for the swap.
 fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usize, Leftovers) {
     let Staged {
+        with_events: _,
         dropped,
         created,
         tables,
@@ -522,7 +570,10 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
         affected,
     } = staged;
     let mut replaced = Vec::new();
-    let mut events = Vec::with_capacity(record_events.len() + dropped.len() + 2 * created.len());
+    // Table drops and creations, published before the record changes. The
+    // record changes stay in their own vector: moving it here would copy
+    // O(changes) under the lock.
+    let mut events = Vec::with_capacity(dropped.len() + 2 * created.len());
     for name in dropped {
         if let Some((name, old)) = st.tables.remove_entry(&name) {
             replaced.push(old);
@@ -545,8 +596,10 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
             replaced.push(old);
         }
     }
-    events.extend(record_events);
-    let k = events.len() as u64;
+    // One sequence number per change, whether or not its event was built
+    // (`affected` counts the record changes).
+    debug_assert!(record_events.is_empty() || record_events.len() == affected);
+    let k = (events.len() + affected) as u64;
     // A replica's changes end at the writer's cut (a delta holds at most
     // as many changes as the writer's sequence range: it folds them); the
     // gap below them is the writer's changes that the file folded.
@@ -563,10 +616,12 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
         .activity
         .store(st.seq, std::sync::atomic::Ordering::Relaxed);
     let subscribed = db.has_subscribers();
+    let mut record_events = record_events;
     let publish = match writer {
         Writer::User => {
             if subscribed {
-                for (seq, (name, change)) in (first + 1..).zip(events.drain(..)) {
+                let all = events.drain(..).chain(record_events.drain(..));
+                for (seq, (name, change)) in (first + 1..).zip(all) {
                     db.publish(seq, name, change);
                 }
             }
@@ -578,6 +633,7 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
         affected,
         Leftovers {
             events,
+            record_events,
             first,
             publish,
             _replaced: replaced,
@@ -623,6 +679,33 @@ mod tests {
         // apply stages again and succeeds.
         assert_eq!(db.apply(&changes).unwrap(), 3);
         assert!(!db.table("users").unwrap().contains(2).unwrap());
+    }
+
+    #[test]
+    fn an_apply_nobody_watches_still_numbers_every_change() {
+        let (watched, changes) = fixture(10);
+        let (unwatched, _) = fixture(10);
+        let _rx = watched.subscribe();
+        let before = (watched.seq(), unwatched.seq());
+        assert_eq!(watched.apply(&changes).unwrap(), 3);
+        assert_eq!(unwatched.apply(&changes).unwrap(), 3);
+        assert_eq!(watched.seq() - before.0, 3);
+        assert_eq!(
+            unwatched.seq() - before.1,
+            3,
+            "no events built, same numbers"
+        );
+    }
+
+    #[test]
+    fn changes_prepared_unwatched_are_prepared_again_for_a_new_subscriber() {
+        let (db, changes) = fixture(10);
+        let prepared = db.prepare(&changes).unwrap();
+        let mut rx = db.subscribe();
+        assert!(matches!(prepared.commit(), Err(Error::Conflict)));
+        assert_eq!(db.apply(&changes).unwrap(), 3);
+        let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(n, 3, "one event per change");
     }
 
     #[test]
@@ -676,7 +759,8 @@ mod tests {
         let cut = seq + 10;
         let n = db
             .apply_as(&changes, "f", Writer::Replica { cut: Some(cut) })
-            .unwrap();
+            .unwrap()
+            .affected;
         assert_eq!(n, 3);
         assert_eq!(db.seq(), cut, "the database is at the writer's cut");
         let seqs: Vec<u64> = std::iter::from_fn(|| events.try_recv().ok())
