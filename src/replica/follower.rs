@@ -202,7 +202,6 @@ impl Follower {
                 return self.status.current_problem();
             }
         };
-        self.read_newest(&catalog).await;
         let mut stop: Option<Stop> = None;
 
         // A newer chain: the newest usable full backup after the one served.
@@ -254,7 +253,7 @@ impl Follower {
             }
         }
 
-        let lag = self.lag(&catalog);
+        let lag = self.lag(&catalog).await;
         self.status.polled(lag.clone(), next);
         if lag != self.last_lag {
             self.last_lag = lag.clone();
@@ -329,10 +328,11 @@ impl Follower {
         let cut = d.header.meta.as_ref().map(|m| m.seq);
         let db = self.db.clone();
         let name = e.file_name().to_string();
-        let affected = blocking(e.file_name(), move || {
+        let applied = blocking(e.file_name(), move || {
             db.apply_as(&changes, &name, Writer::Replica { cut })
         })
         .await?;
+        let affected = applied.affected;
         let planned = plan::planned(e, &d.header);
         let Some(pos) = self.pos.as_mut() else {
             return Ok(());
@@ -345,7 +345,7 @@ impl Follower {
         self.status.set_cut(pos.cut());
         let duration = started.elapsed();
         debug!(file = %planned.name, affected, elapsed_ms = duration.as_secs_f64() * 1e3, "replica applied a delta");
-        let lag = self.lag(catalog);
+        let lag = self.lag(catalog).await;
         let _ = self.events.send(ReplicaEvent::Applied(AppliedFile {
             file: planned.name,
             kind: BackupKind::Delta,
@@ -353,6 +353,7 @@ impl Follower {
             affected,
             bytes: planned.size,
             duration,
+            blocked: applied.held,
             lag,
         }));
         Ok(())
@@ -387,7 +388,7 @@ impl Follower {
         let new_db = restored.db.clone();
         let cut = restored.seq;
         let file = e.file_name().to_string();
-        let affected = blocking(e.file_name(), move || {
+        let applied = blocking(e.file_name(), move || {
             // Both snapshots are O(1); the diff skips what the two cuts
             // share and runs here, off the lock.
             let changes = db.snapshot().changes_to(&new_db.snapshot());
@@ -396,6 +397,7 @@ impl Follower {
         })
         .await
         .map_err(named)?;
+        let affected = applied.affected;
         drop(restored.db);
         let from = self.pos.as_ref().map(|p| p.cursor.base.clone());
         pos.applied_at = SystemTime::now();
@@ -405,7 +407,7 @@ impl Follower {
         self.pos = Some(pos);
         let duration = started.elapsed();
         debug!(to = %e.file_name(), affected, elapsed_ms = duration.as_secs_f64() * 1e3, "replica moved to a newer chain");
-        let lag = self.lag(catalog);
+        let lag = self.lag(catalog).await;
         let _ = self.events.send(ReplicaEvent::ChainSwitched(ChainSwitch {
             from,
             to: e.file_name().to_string(),
@@ -413,6 +415,7 @@ impl Follower {
             seq,
             affected,
             duration,
+            blocked: applied.held,
             lag,
         }));
         let stopped = restored.stopped.map(|s| {
@@ -422,29 +425,24 @@ impl Follower {
         Ok(stopped)
     }
 
-    /// Reads the newest file's sequence number from its header, once per
-    /// newest file (a ranged read).
-    async fn read_newest(&mut self, catalog: &Catalog) {
-        let Some(e) = catalog.entries.last() else {
-            self.newest = None;
-            return;
-        };
-        if self
-            .newest
-            .as_ref()
-            .is_some_and(|(name, _)| name == e.file_name())
-        {
-            return;
+    /// The newest file's sequence number, from its header: read once per
+    /// newest file (a ranged read), and only while the replica is behind it.
+    async fn newest_seq(&mut self, e: &Entry, catalog: &Catalog) -> Option<u64> {
+        match &self.newest {
+            Some((name, seq)) if name == e.file_name() => *seq,
+            _ => {
+                let seq = match catalog.header(e).await {
+                    Ok(h) => h.meta.map(|m| m.seq),
+                    Err(_) => None,
+                };
+                self.newest = Some((e.file_name().to_string(), seq));
+                seq
+            }
         }
-        let seq = match catalog.header(e).await {
-            Ok(h) => h.meta.map(|m| m.seq),
-            Err(_) => None,
-        };
-        self.newest = Some((e.file_name().to_string(), seq));
     }
 
     /// The lag of the cut served behind the newest file of `catalog`.
-    fn lag(&self, catalog: &Catalog) -> ReplicaLag {
+    async fn lag(&mut self, catalog: &Catalog) -> ReplicaLag {
         let Some(newest) = catalog.entries.last() else {
             return ReplicaLag::default();
         };
@@ -457,22 +455,18 @@ impl Follower {
             };
         };
         let files = catalog.entries.iter().filter(|e| e.name > pos.last).count() as u64;
-        let newest_seq = self
-            .newest
-            .as_ref()
-            .filter(|(n, _)| n == newest.file_name())
-            .and_then(|(_, s)| *s);
+        let cut = pos.cursor.seq;
+        let behind = name_time(&newest.name)
+            .duration_since(name_time(&pos.last))
+            .unwrap_or(Duration::ZERO);
         let seq = if files == 0 {
-            pos.cursor.seq.map(|_| 0)
+            cut.map(|_| 0)
         } else {
-            match (newest_seq, pos.cursor.seq) {
+            match (self.newest_seq(newest, catalog).await, cut) {
                 (Some(n), Some(c)) => Some(n.saturating_sub(c)),
                 _ => None,
             }
         };
-        let behind = name_time(&newest.name)
-            .duration_since(name_time(&pos.last))
-            .unwrap_or(Duration::ZERO);
         ReplicaLag {
             files,
             seq,

@@ -117,6 +117,10 @@ pub struct AppliedFile {
     pub bytes: u64,
     /// From the start of the read to the swap.
     pub duration: Duration,
+    /// How long the swap held the database lock: the longest any reader
+    /// waited for this file (the changes were worked out before, without
+    /// the lock).
+    pub blocked: Duration,
     /// How far behind the store the replica still is.
     pub lag: ReplicaLag,
 }
@@ -139,6 +143,8 @@ pub struct ChainSwitch {
     pub affected: usize,
     /// From the start of the read to the swap.
     pub duration: Duration,
+    /// How long the swap held the database lock.
+    pub blocked: Duration,
     /// How far behind the store the replica still is.
     pub lag: ReplicaLag,
 }

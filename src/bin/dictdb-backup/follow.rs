@@ -46,6 +46,8 @@ enum Line {
         affected: usize,
         bytes: u64,
         duration_ms: f64,
+        /// How long readers of a replica could have waited for the swap.
+        blocked_us: f64,
         lag: Lag,
     },
     /// Moved to a newer chain.
@@ -57,6 +59,7 @@ enum Line {
         seq: Option<u64>,
         affected: usize,
         duration_ms: f64,
+        blocked_us: f64,
         lag: Lag,
     },
     /// Stopped at the last good cut (a damaged or missing file, an
@@ -189,6 +192,7 @@ impl fmt::Display for Line {
                 bytes,
                 duration_ms,
                 lag,
+                ..
             } => writeln!(
                 f,
                 "{time}  applied {file} ({kind}, seq {}, {}, {}, {duration_ms:.1} ms), {lag}",
@@ -248,6 +252,7 @@ fn line(event: ReplicaEvent) -> Option<Line> {
             affected: a.affected,
             bytes: a.bytes,
             duration_ms: a.duration.as_secs_f64() * 1e3,
+            blocked_us: a.blocked.as_secs_f64() * 1e6,
             lag: Lag::of(&a.lag),
         },
         ReplicaEvent::ChainSwitched(s) => Line::ChainSwitched {
@@ -258,6 +263,7 @@ fn line(event: ReplicaEvent) -> Option<Line> {
             seq: s.seq,
             affected: s.affected,
             duration_ms: s.duration.as_secs_f64() * 1e3,
+            blocked_us: s.blocked.as_secs_f64() * 1e6,
             lag: Lag::of(&s.lag),
         },
         ReplicaEvent::Failed(p) => Line::Stopped {
