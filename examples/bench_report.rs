@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dictdb::replica::{Replica, ReplicaEvent, ReplicaOptions};
 use dictdb::{restore_dir, BackupConfig, BackupManager, DictDB, FileFormat, Table};
 use serde_json::{json, Value};
 
@@ -382,13 +383,51 @@ async fn main() {
         put("restore_json_s", median(times));
         put("limit_parse_json_s", median(limits));
     }
+    // --- a read replica applying one 1% delta ------------------------------
+    {
+        let dir = fresh_dir(&args.dir, "replica");
+        let m = incremental_manager(&db, &dir).await;
+        m.backup_full().await.unwrap();
+        let store: Arc<dyn dictdb::BackupStore> =
+            Arc::new(dictdb::LocalStore::open(&dir).expect("replica store"));
+        // Polls only when asked: each sync is one poll that finds one delta.
+        let replica = Replica::follow(
+            store,
+            ReplicaOptions::default().interval(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let mut events = replica.subscribe();
+        let (mut times, mut blocked) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            changes.apply(&users, 200 + rep);
+            m.backup_delta().await.unwrap();
+            let t = Instant::now();
+            replica.sync().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(replica.db().seq(), db.seq(), "the replica reached the cut");
+            while let Ok(e) = events.try_recv() {
+                if let ReplicaEvent::Applied(a) = e {
+                    blocked.push(a.blocked.as_secs_f64() * 1e6);
+                }
+            }
+        }
+        m.stop().await.unwrap();
+        replica.stop().await.unwrap();
+        put("replica_apply_1pct_s", median(times));
+        // Not a WORKLOAD.md key: printed, not written to the report file.
+        eprintln!(
+            "replica swap (readers blocked) per 1% delta: median {:.2} us",
+            median(blocked)
+        );
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
 
     // --- report ---------------------------------------------------------------
     let g = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     println!("dictdb bench report, N = {n} (medians of {reps})");
     println!("{:<24}{:>16}  ratio / target", "key", "value");
-    let rows: [(&str, String); 16] = [
+    let rows: [(&str, String); 17] = [
         ("insert_bare_per_s", "target >= 500000".to_string()),
         (
             "insert_managed_per_s",
@@ -429,6 +468,7 @@ async fn main() {
         ),
         ("limit_parse_json_s", String::new()),
         ("rss_bytes_per_record", "target <= 600".into()),
+        ("replica_apply_1pct_s", "target <= 0.02 s".into()),
     ];
     for (k, note) in rows {
         println!("{k:<24}{:>16.4}  {note}", g(k));
