@@ -156,6 +156,20 @@ pub enum Error {
     #[error("the backup manager has stopped")]
     ManagerStopped,
 
+    /// An encrypted (`.age`) file that could not be decrypted: no identity
+    /// was given, none of those given is a recipient of the file, or the
+    /// encrypted bytes are damaged. `kind` tells which; the message names
+    /// the file and what to do.
+    #[error("{file}: {reason}")]
+    Decrypt {
+        /// The file.
+        file: String,
+        /// Which of the three failures it is.
+        kind: DecryptFailure,
+        /// What happened, in a sentence.
+        reason: String,
+    },
+
     /// A backup store operation failed (object storage, an injected fault, ...).
     #[error("backup store error on {path}: {message}")]
     Store {
@@ -241,7 +255,43 @@ pub enum Error {
     },
 }
 
+/// Why an encrypted file could not be decrypted (see [`Error::Decrypt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecryptFailure {
+    /// The file is encrypted and no identity was given.
+    MissingIdentity,
+    /// Identities were given, but the file is encrypted to other recipients.
+    WrongIdentity,
+    /// The encrypted bytes are damaged or were tampered with (or truncated):
+    /// the file is refused, never read as anything else.
+    Damaged,
+}
+
+impl std::fmt::Display for DecryptFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DecryptFailure::MissingIdentity => "no identity",
+            DecryptFailure::WrongIdentity => "wrong identity",
+            DecryptFailure::Damaged => "damaged",
+        })
+    }
+}
+
 impl Error {
+    #[cfg(feature = "encryption")]
+    pub(crate) fn decrypt(
+        file: impl std::fmt::Display,
+        kind: DecryptFailure,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Error::Decrypt {
+            file: file.to_string(),
+            kind,
+            reason: reason.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: impl std::fmt::Display, source: io::Error) -> Self {
         Error::Io {
             path: path.to_string(),
@@ -337,6 +387,11 @@ impl Clone for Error {
             Error::NoBackup(s) => Error::NoBackup(s.clone()),
             Error::Config(s) => Error::Config(s.clone()),
             Error::ManagerStopped => Error::ManagerStopped,
+            Error::Decrypt { file, kind, reason } => Error::Decrypt {
+                file: file.clone(),
+                kind: *kind,
+                reason: reason.clone(),
+            },
             Error::Store { path, message } => Error::Store {
                 path: path.clone(),
                 message: message.clone(),

@@ -77,6 +77,9 @@
 //!   crate.
 //! - `metrics`: counters, histograms and a gauge of the backup manager
 //!   through the `metrics` facade crate.
+//! - `encryption`: backups encrypted to age X25519 recipients
+//!   (`BackupConfig::encrypt_to`, the `dictdb::encryption` keys,
+//!   `Restore::identity`). Compression ([`Compression`]) needs no feature.
 //!
 //! ## Guarantees
 //!
@@ -92,6 +95,8 @@
 
 pub mod backup;
 mod db;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 mod error;
 mod format;
 mod key;
@@ -109,8 +114,8 @@ pub use db::{
     apply_delta, Change, ChangeSet, DictDB, Mutation, PreparedChanges, SaveInfo, Snapshot, Table,
     TableChanges, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
-pub use error::{Error, Result};
-pub use format::{FileFormat, Integrity};
+pub use error::{DecryptFailure, Error, Result};
+pub use format::{Compression, FileFormat, Integrity};
 pub use key::Key;
 pub use naming::{BackupKind, BackupName, NameFormat};
 pub use record::Record;

@@ -1,5 +1,7 @@
 //! Backup file names: `dictdb_backup_<secs>_<micros>.<ext>` and
-//! `dictdb_delta_<secs>_<micros>.<ext>`, as the Python original names them.
+//! `dictdb_delta_<secs>_<micros>.<ext>`, as the Python original names them;
+//! `<ext>` is the format (`json`, `msgpack`), then `.zst` when compressed,
+//! then `.age` when encrypted (compression comes before encryption).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -43,16 +45,29 @@ pub enum NameFormat {
 /// Names order by their timestamp, which is also the order they were written
 /// in (the writer never reuses or goes back on a timestamp).
 ///
+/// The extension chain is the format, then `.zst` for a compressed file,
+/// then `.age` for an encrypted one, in that order only (the file is
+/// compressed, then the compressed stream encrypted): `.json`,
+/// `.msgpack.zst`, `.json.age`, `.json.zst.age`. Pickle files are only ever
+/// plain.
+///
 /// # Examples
 ///
 /// ```
-/// use dictdb::{BackupKind, BackupName};
+/// use dictdb::{BackupKind, BackupName, FileFormat, NameFormat};
 ///
 /// let n = BackupName::parse("dictdb_delta_1795682694_732481.json").unwrap();
 /// assert_eq!(n.kind, BackupKind::Delta);
 /// assert_eq!((n.secs, n.micros), (1795682694, 732481));
 /// assert_eq!(n.to_string(), "dictdb_delta_1795682694_732481.json");
 /// assert!(BackupName::parse("notes.txt").is_none());
+///
+/// let z = BackupName::parse("dictdb_backup_1795682694_732481.msgpack.zst.age").unwrap();
+/// assert_eq!(z.format, NameFormat::Supported(FileFormat::MessagePack));
+/// assert!(z.compressed && z.encrypted);
+/// assert_eq!(z.to_string(), "dictdb_backup_1795682694_732481.msgpack.zst.age");
+/// // Encryption before compression is not a name this library writes.
+/// assert!(BackupName::parse("dictdb_backup_1795682694_732481.json.age.zst").is_none());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BackupName {
@@ -62,8 +77,14 @@ pub struct BackupName {
     pub secs: u64,
     /// Microseconds within the second (0..=999_999).
     pub micros: u32,
-    /// The extension.
+    /// The format the extension names.
     pub format: NameFormat,
+    /// Whether the name ends in `.zst` (before any `.age`): the document is
+    /// compressed with zstd.
+    pub compressed: bool,
+    /// Whether the name ends in `.age`: the (possibly compressed) document
+    /// is encrypted with age.
+    pub encrypted: bool,
 }
 
 impl BackupName {
@@ -87,8 +108,16 @@ impl BackupName {
         {
             return None;
         }
+        let (ext, encrypted) = match ext.strip_suffix(".age") {
+            Some(inner) => (inner, true),
+            None => (ext, false),
+        };
+        let (ext, compressed) = match ext.strip_suffix(".zst") {
+            Some(inner) => (inner, true),
+            None => (ext, false),
+        };
         let format = match ext {
-            "pickle" | "pkl" => NameFormat::Pickle,
+            "pickle" | "pkl" if !compressed && !encrypted => NameFormat::Pickle,
             other => NameFormat::Supported(FileFormat::from_extension(other)?),
         };
         Some(BackupName {
@@ -96,6 +125,8 @@ impl BackupName {
             secs: secs.parse().ok()?,
             micros: micros.parse().ok()?,
             format,
+            compressed,
+            encrypted,
         })
     }
 
@@ -135,7 +166,14 @@ impl fmt::Display for BackupName {
             NameFormat::Supported(ff) => ff.extension(),
             NameFormat::Pickle => "pickle",
         };
-        write!(f, "dictdb_{kind}_{}_{:06}.{ext}", self.secs, self.micros)
+        write!(f, "dictdb_{kind}_{}_{:06}.{ext}", self.secs, self.micros)?;
+        if self.compressed {
+            f.write_str(".zst")?;
+        }
+        if self.encrypted {
+            f.write_str(".age")?;
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +192,13 @@ impl Namer {
         }
     }
 
-    pub(crate) fn next(&mut self, kind: BackupKind, format: FileFormat) -> BackupName {
+    /// The next name, for a file of `format` wrapped in `layers`.
+    pub(crate) fn next(
+        &mut self,
+        kind: BackupKind,
+        format: FileFormat,
+        layers: crate::format::Layers,
+    ) -> BackupName {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -174,6 +218,8 @@ impl Namer {
             secs: stamp.0,
             micros: stamp.1,
             format: NameFormat::Supported(format),
+            compressed: layers.zstd,
+            encrypted: layers.age,
         }
     }
 }
@@ -194,6 +240,7 @@ mod tests {
                         BackupKind::Delta
                     },
                     FileFormat::Json,
+                    crate::format::Layers::default(),
                 )
             })
             .collect();
@@ -204,7 +251,11 @@ mod tests {
         // A clock behind existing files never produces an older name.
         let mut n = Namer::default();
         n.observe((u64::MAX / 2, 999_999));
-        let x = n.next(BackupKind::Full, FileFormat::MessagePack);
+        let x = n.next(
+            BackupKind::Full,
+            FileFormat::MessagePack,
+            crate::format::Layers::default(),
+        );
         assert_eq!(x.stamp(), (u64::MAX / 2 + 1, 0));
         assert_eq!(BackupName::parse(&x.to_string()), Some(x));
     }
@@ -219,8 +270,41 @@ mod tests {
             "dictdb_backup_1_000001.txt",
             "dictdb_backup_1_000001",
             ".dictdb-tmp-1-dictdb_backup_1_000001.json",
+            "dictdb_backup_1_000001.json.age.zst",
+            "dictdb_backup_1_000001.json.zst.zst",
+            "dictdb_backup_1_000001.zst",
+            "dictdb_backup_1_000001.json.gz",
+            "dictdb_backup_1_000001.pickle.zst",
+            "dictdb_backup_1_000001.age",
         ] {
             assert!(BackupName::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn extension_chains_round_trip() {
+        for ext in [
+            "json",
+            "msgpack",
+            "json.zst",
+            "msgpack.zst",
+            "json.age",
+            "msgpack.age",
+            "json.zst.age",
+            "msgpack.zst.age",
+        ] {
+            let text = format!("dictdb_delta_1795682694_000007.{ext}");
+            let n = BackupName::parse(&text).unwrap();
+            assert_eq!(n.compressed, ext.contains(".zst"), "{ext}");
+            assert_eq!(n.encrypted, ext.ends_with(".age"), "{ext}");
+            assert_eq!(n.to_string(), text);
+        }
+        let mut namer = Namer::default();
+        let layers = crate::format::Layers {
+            zstd: true,
+            age: true,
+        };
+        let n = namer.next(BackupKind::Full, FileFormat::Json, layers);
+        assert!(n.to_string().ends_with(".json.zst.age"));
     }
 }

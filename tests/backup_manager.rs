@@ -333,11 +333,17 @@ async fn a_panicking_failure_callback_does_not_kill_the_actor() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn lagged_mutation_stream_forces_a_full_backup() {
-    // The original would write a delta missing the events it never saw.
+async fn lagged_mutation_stream_gives_an_exact_delta_by_comparing_cuts() {
+    // The original would write a delta missing the events it never saw; the
+    // previous release wrote a full backup instead. The delta now compares
+    // the last backup's cut with the new one: exact, and as small as the
+    // changes.
     let tmp = tempfile::tempdir().unwrap();
     let db = DictDB::with_event_capacity(8);
     let users = db.create_table("users").unwrap();
+    for i in 0..50 {
+        users.insert(json!({"i": i})).unwrap();
+    }
     let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
         .await
         .unwrap();
@@ -347,20 +353,39 @@ async fn lagged_mutation_stream_forces_a_full_backup() {
     for i in 0..100 {
         users.insert(json!({"i": i})).unwrap();
     }
+    users.update(3, json!({"changed": true})).unwrap();
+    users.delete(4).unwrap();
+    db.create_table("late")
+        .unwrap()
+        .insert(json!({"x": 1}))
+        .unwrap();
+    db.drop_table("late").unwrap();
+    db.create_table_with_key("late", "k").unwrap();
     let out = m.backup_delta().await.unwrap();
+    let info = out.info().unwrap();
     assert_eq!(
-        out.info().unwrap().kind,
-        BackupKind::Full,
-        "no delta with a hole"
+        info.kind,
+        BackupKind::Delta,
+        "an exact delta, not a full backup"
     );
+    // 100 inserts, an update, a delete: what changed, not the table.
+    assert_eq!(info.records, 102);
     let mut saw_lag = false;
-    let mut saw_reason = false;
+    let mut saw_full = false;
     while let Ok(e) = events.try_recv() {
         saw_lag |= matches!(e, BackupEvent::Lagged { .. });
-        saw_reason |= matches!(e, BackupEvent::FullInsteadOfDelta { .. });
+        saw_full |= matches!(e, BackupEvent::FullInsteadOfDelta { .. });
     }
-    assert!(saw_lag && saw_reason);
-    // The chain is whole again: the next delta is exact.
+    assert!(saw_lag && !saw_full);
+    let restored = restore_dir(tmp.path()).await.unwrap();
+    assert_eq!(common::table_map(&restored.db), common::table_map(&db));
+    assert_eq!(restored.seq, Some(db.seq()));
+    assert_eq!(
+        restored.db.table("late").unwrap().primary_key(),
+        "k",
+        "a table dropped and created again with another key field"
+    );
+    // And again, with the event stream whole.
     users.insert(json!({"i": 1000})).unwrap();
     assert_eq!(
         m.backup_delta().await.unwrap().info().unwrap().kind,
@@ -368,6 +393,22 @@ async fn lagged_mutation_stream_forces_a_full_backup() {
     );
     let restored = restore_dir(tmp.path()).await.unwrap();
     assert_eq!(common::table_map(&restored.db), common::table_map(&db));
+    m.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn lag_before_any_backup_of_this_manager_still_means_a_full_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = DictDB::with_event_capacity(4);
+    let users = db.create_table("users").unwrap();
+    let m = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        users.insert(json!({"i": i})).unwrap();
+    }
+    let out = m.backup_delta().await.unwrap();
+    assert_eq!(out.info().unwrap().kind, BackupKind::Full);
     m.stop().await.unwrap();
 }
 

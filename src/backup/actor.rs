@@ -19,7 +19,8 @@ use super::{
 };
 use crate::db::{DictDB, Mutation, Snapshot};
 use crate::error::{Error, Result};
-use crate::format::{self, Doc, FileFormat, Link};
+use crate::format::transform::Sealer;
+use crate::format::{self, Doc, FileFormat, Link, Sealing};
 use crate::naming::{BackupKind, BackupName, Namer};
 use crate::store::{BackupStore, WriterLock};
 
@@ -72,6 +73,13 @@ pub(crate) struct Actor {
     namer: Namer,
     /// The full backup the current chain of deltas builds on.
     base: Option<String>,
+    /// The cut of the last successful backup (`pending` starts there). When
+    /// mutation events were missed, the next delta is this snapshot's
+    /// structural diff against the new cut instead of a full backup: it
+    /// shares its persistent maps with the live database, so keeping it
+    /// costs only what changed since (the old versions of changed records
+    /// and the tree paths to them).
+    last_cut: Option<Snapshot>,
     /// Why the next backup must be full, when it must.
     force_full: Option<&'static str>,
     deltas_since_full: u32,
@@ -122,6 +130,12 @@ impl Actor {
             Some(r) => (Some(r.base), r.deltas),
             None => (None, 0),
         };
+        // A resumed manager starts at its chain's last cut: the database as
+        // it stands now.
+        let last_cut = base
+            .as_ref()
+            .map(|_| db.snapshot())
+            .filter(|s| s.seq() == seq);
         // Before the task first runs, so `status()` is right at once.
         shared.status.set_chain(base.clone(), deltas_since_full);
         shared.status.set_schedule(schedule.deadline(0), None);
@@ -142,6 +156,7 @@ impl Actor {
             fold_pause: None,
             namer: Namer::default(),
             base,
+            last_cut,
             force_full: None,
             deltas_since_full,
             consecutive_failures: 0,
@@ -304,7 +319,7 @@ impl Actor {
     fn lagged(&mut self, missed: u64) {
         warn!(
             missed,
-            "mutation stream lagged; the next backup will be full"
+            "mutation stream lagged; the next delta compares the last cut with the new one"
         );
         self.pending.mark_incomplete();
         let _ = self.events.send(BackupEvent::Lagged { missed });
@@ -344,11 +359,21 @@ impl Actor {
     fn full_reason(&self) -> Option<&'static str> {
         if self.base.is_none() {
             Some("no full backup written by this manager yet")
-        } else if !self.pending.complete {
+        } else if self.force_full.is_some() {
+            self.force_full
+        } else if !self.pending.complete && self.diff_base().is_none() {
             Some("mutation events were missed since the last backup")
         } else {
-            self.force_full
+            None
         }
+    }
+
+    /// The last cut to compare the new one with, when events were missed
+    /// and the window cannot say what changed.
+    fn diff_base(&self) -> Option<&Snapshot> {
+        self.last_cut
+            .as_ref()
+            .filter(|cut| !self.pending.complete && cut.seq() == self.pending.base_seq)
     }
 
     /// A delta was due, a full backup is written instead.
@@ -390,8 +415,18 @@ impl Actor {
         }
         self.shared.status.set_in_flight(true);
         let result = loop {
-            match self.write(kind, snapshot, started).await {
-                Ok(Written::File(info)) => break Ok(info),
+            let diff_from = match kind {
+                BackupKind::Delta => self.diff_base().cloned(),
+                BackupKind::Full => None,
+            };
+            if diff_from.is_some() {
+                debug!("events were missed: the delta compares the last cut with this one");
+            }
+            match self.write(kind, snapshot.clone(), started, diff_from).await {
+                Ok(Written::File(info)) => {
+                    self.last_cut = Some(snapshot);
+                    break Ok(info);
+                }
                 // The delta's base is gone from the store (checked before
                 // the first byte and again before the commit).
                 Ok(Written::BaseGone(reason)) => {
@@ -425,6 +460,7 @@ impl Actor {
         kind: BackupKind,
         snapshot: Snapshot,
         started: WallInstant,
+        diff_from: Option<Snapshot>,
     ) -> Result<Written> {
         let seq = snapshot.seq();
         let old = Arc::new(std::mem::replace(&mut self.pending, Pending::new(seq)));
@@ -433,7 +469,10 @@ impl Actor {
         }
         self.in_flight_changes = old.events;
         let format = self.config.file_format;
-        let name = self.namer.next(kind, format).to_string();
+        let name = self
+            .namer
+            .next(kind, format, self.config.sealing.layers())
+            .to_string();
         let from_seq = (kind == BackupKind::Delta).then_some(old.base_seq);
         let job = Job {
             db: self.db.clone(),
@@ -441,7 +480,9 @@ impl Actor {
             format,
             snapshot,
             window: Arc::clone(&old),
+            diff_from,
             base: self.base.clone(),
+            sealing: self.config.sealing.clone(),
         };
         let store = Arc::clone(&self.store);
         let span = tracing::info_span!("backup", %kind, file = %name, seq);
@@ -622,7 +663,11 @@ struct Job {
     format: FileFormat,
     snapshot: Snapshot,
     window: Arc<Pending>,
+    /// Missed events: the delta is this cut's diff against `snapshot`.
+    diff_from: Option<Snapshot>,
     base: Option<String>,
+    /// Compression and encryption.
+    sealing: Sealing,
 }
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice 10 on
@@ -770,11 +815,17 @@ async fn write_job(
     let target = name.clone();
     let producer = background(&name, move || -> Result<(u64, u64, String)> {
         let mut pacer = Pacer::new(&job.db);
-        let mut emit = |chunk: Vec<u8>| {
+        // Compression and encryption run here, on the serialiser's thread,
+        // as streams: only their output goes to the store.
+        let send = |chunk: Vec<u8>| {
             tx.blocking_send(chunk).map_err(|_| Error::Store {
                 path: target.clone(),
                 message: "the store writer stopped".into(),
-            })?;
+            })
+        };
+        let mut sealer = Sealer::new(&job.sealing, &target, send)?;
+        let mut emit = |chunk: Vec<u8>| {
+            sealer.write(chunk)?;
             pacer.pause_if_writers_active();
             Ok(())
         };
@@ -795,7 +846,12 @@ async fn write_job(
                 Some(&idle),
             )?,
             BackupKind::Delta => {
-                let changes = job.window.to_changes(&job.snapshot);
+                // Computed here, off the actor: a diff skips the parts the two
+                // cuts share, so it costs what changed, not the table size.
+                let changes = match &job.diff_from {
+                    Some(cut) => cut.changes_to(&job.snapshot),
+                    None => job.window.to_changes(&job.snapshot),
+                };
                 let link = Link {
                     from_seq: job.window.base_seq,
                     seq: job.snapshot.seq(),
@@ -814,7 +870,13 @@ async fn write_job(
                 )?
             }
         };
-        Ok((written.records, written.bytes, written.checksum))
+        let stored = sealer.finish()?;
+        tracing::debug!(
+            document_bytes = written.bytes,
+            stored_bytes = stored,
+            "serialised"
+        );
+        Ok((written.records, stored, written.checksum))
     });
     let created = tokio::select! {
         biased;

@@ -68,8 +68,10 @@ pub enum BackupEvent {
         retry_in: Option<Duration>,
     },
     /// The manager missed mutation events (the database's broadcast channel
-    /// overflowed); the next backup will be a full one, so no delta with a
-    /// hole in it is ever written.
+    /// overflowed). No delta with a hole in it is ever written: the next
+    /// delta compares the last backup's cut with the new one (a structural
+    /// diff of the two snapshots), or, when that cut is not known, the next
+    /// backup is a full one.
     Lagged {
         /// Events missed.
         missed: u64,

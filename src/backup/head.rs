@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use crate::db::DictDB;
-use crate::error::{Error, Result};
+use crate::error::{DecryptFailure, Error, Result};
+use crate::naming::{BackupKind, BackupName};
 use crate::restore::Restore;
 use crate::store::BackupStore;
 
@@ -23,21 +24,46 @@ pub(crate) struct StoreHead {
 
 /// The newest backup in `store` and its sequence number (`None`: no full
 /// backup to restore from). A chain that cannot be read is an error.
-pub(crate) async fn store_head(store: &Arc<dyn BackupStore>) -> Result<Option<StoreHead>> {
-    match Restore::new(Arc::clone(store)).quick_plan().await {
+pub(crate) async fn store_head(
+    store: &Arc<dyn BackupStore>,
+    restore: Restore,
+) -> Result<Option<StoreHead>> {
+    match restore.quick_plan().await {
         Ok(plan) => Ok(plan.files.last().map(|f| StoreHead {
             file: f.name.clone(),
             seq: plan.seq,
         })),
         Err(Error::NoBackup(_)) => Ok(None),
+        // Encrypted, and this manager only holds the recipients' public
+        // keys: the sequence numbers cannot be read, only the names.
+        Err(Error::Decrypt {
+            kind: DecryptFailure::MissingIdentity,
+            ..
+        }) => newest_full_by_name(store).await,
         Err(e) => Err(e),
     }
 }
 
+/// The newest full backup by name alone (its sequence number unknown).
+async fn newest_full_by_name(store: &Arc<dyn BackupStore>) -> Result<Option<StoreHead>> {
+    Ok(store
+        .list()
+        .await?
+        .into_iter()
+        .filter_map(|f| BackupName::parse(&f.name).map(|n| (n, f.name)))
+        .filter(|(n, _)| n.kind == BackupKind::Full)
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, file)| StoreHead { file, seq: None }))
+}
+
 /// Refuses a database that is behind the newest backup of `store`: a lower
 /// sequence number, or (for files without sequence numbers) no record at all.
-pub(crate) async fn check_not_behind(db: &DictDB, store: &Arc<dyn BackupStore>) -> Result<()> {
-    let Some(head) = store_head(store).await? else {
+pub(crate) async fn check_not_behind(
+    db: &DictDB,
+    store: &Arc<dyn BackupStore>,
+    restore: Restore,
+) -> Result<()> {
+    let Some(head) = store_head(store, restore).await? else {
         return Ok(());
     };
     let db_seq = db.seq();

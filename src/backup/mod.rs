@@ -45,7 +45,7 @@ pub use status::{BackupStatus, LastBackup, LastFailure};
 
 use crate::db::DictDB;
 use crate::error::{Error, Result};
-use crate::restore::{Restore, Restored};
+use crate::restore::Restored;
 use crate::store::{BackupStore, WriterLock};
 
 /// What a command asks for.
@@ -204,7 +204,7 @@ impl BackupManager {
         let store = config.open()?;
         let lock = store.lock_writer().await?;
         if !config.allow_store_ahead {
-            head::check_not_behind(db, &store).await?;
+            head::check_not_behind(db, &store, config.restore_of(Arc::clone(&store))).await?;
         }
         Ok(Self::spawn(db.clone(), store, config, lock, None))
     }
@@ -249,7 +249,7 @@ impl BackupManager {
     /// ```
     pub async fn restore_or_start(config: BackupConfig) -> Result<Resumed> {
         let (store, lock) = Self::open_for_writing(&config).await?;
-        let restored = match Restore::new(Arc::clone(&store)).run().await {
+        let restored = match config.restore_of(Arc::clone(&store)).run().await {
             Ok(restored) => Some(restored),
             Err(Error::NoBackup(_)) => None,
             Err(e) => return Err(e),

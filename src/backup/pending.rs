@@ -118,14 +118,7 @@ impl Pending {
     /// field and the auto-key counters.
     pub(crate) fn to_changes(&self, snapshot: &Snapshot) -> ChangeSet {
         let mut out = ChangeSet {
-            next_keys: snapshot
-                .tables()
-                .iter()
-                .map(|t| {
-                    let next = u64::try_from(t.next_id.max(0)).unwrap_or(u64::MAX);
-                    (Arc::from(t.name()), next)
-                })
-                .collect(),
+            next_keys: snapshot.next_keys(),
             ..ChangeSet::default()
         };
         for (name, t) in &self.tables {

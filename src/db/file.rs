@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::DictDB;
 use crate::error::{Error, Result};
-use crate::format::{self, Body, Doc, FileFormat};
+use crate::format::transform::{self, Sealer};
+use crate::format::{self, Body, Doc, FileFormat, Keys, Layers, Sealing};
 use crate::store::local::write_atomic;
 
 /// Files at least this large are indexed on a second thread while parsed.
@@ -29,14 +30,19 @@ fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Opens a file for decoding; whether it is large enough to pipeline.
-fn open(path: &Path) -> Result<(File, bool)> {
+/// Opens a file for decoding (decompressing it when its name ends in
+/// `.zst`); whether it is large enough to pipeline.
+fn open(path: &Path) -> Result<(Box<dyn std::io::Read + Send>, bool)> {
     let f = File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let (layers, _) = Layers::of_path(path);
+    // A compressed file holds many times its size.
+    let scale = if layers.zstd { 16 } else { 1 };
     let large = f
         .metadata()
-        .map(|m| m.len() >= PIPELINE_BYTES)
+        .map(|m| m.len().saturating_mul(scale) >= PIPELINE_BYTES)
         .unwrap_or(false);
-    Ok((f, large))
+    let read = transform::open(Box::new(f), layers, &Keys::default(), &path_str(path))?;
+    Ok((read, large))
 }
 
 impl DictDB {
@@ -46,10 +52,30 @@ impl DictDB {
     /// The JSON layout is the Python original's, which loads it with
     /// `DictDB.load(path, "json")`. The file records its own name, so a
     /// copy under another name in a backup directory is recognised as one.
+    /// A path ending in `.zst` (`db.json.zst`) is compressed with zstd at
+    /// the default level, as compressed backups are; a path ending in `.age`
+    /// is refused (encrypted files are written by a
+    /// [`BackupManager`](crate::BackupManager), which knows the recipients).
     /// This call blocks on serialisation and disk I/O; in async code use
     /// [`save_async`](Self::save_async).
     pub fn save(&self, path: impl AsRef<Path>, format: FileFormat) -> Result<SaveInfo> {
         let path = path.as_ref();
+        let (layers, _) = Layers::of_path(path);
+        if layers.age {
+            return Err(Error::Config(format!(
+                "{}: save does not encrypt; a BackupManager with \
+                 BackupConfig::encrypt_to writes encrypted backups",
+                path.display()
+            )));
+        }
+        let sealing = Sealing {
+            compression: if layers.zstd {
+                format::Compression::zstd()
+            } else {
+                format::Compression::None
+            },
+            ..Sealing::default()
+        };
         let snapshot = self.snapshot();
         // Like every file of ours, a save names itself: copied elsewhere
         // under another name, it is not taken for what that name says.
@@ -58,21 +84,24 @@ impl DictDB {
         // thread, not the backup manager's paced one).
         let start = self.activity();
         let idle = || self.activity() == start;
-        let written = write_atomic(path, |emit| {
-            format::encode(
+        let (written, bytes) = write_atomic(path, |emit| {
+            let mut sealer = Sealer::new(&sealing, &path_str(path), emit)?;
+            let written = format::encode(
                 format,
                 &Doc::Full {
                     snapshot: &snapshot,
                     name: name.as_deref(),
                 },
-                emit,
+                &mut |chunk| sealer.write(chunk),
                 Some(&idle),
-            )
+            )?;
+            let bytes = sealer.finish()?;
+            Ok((written, bytes))
         })?;
         Ok(SaveInfo {
             seq: snapshot.seq(),
             records: written.records,
-            bytes: written.bytes,
+            bytes,
             checksum: written.checksum,
         })
     }
@@ -94,7 +123,8 @@ impl DictDB {
     /// edges, unicode). A truncated or malformed file, a record without a
     /// valid key, duplicate keys, or a wrong top-level shape is an error that
     /// names the file. A file of ours whose checksum does not match is
-    /// refused. The file is read as a stream, never whole.
+    /// refused. The file is read as a stream, never whole; a path ending in
+    /// `.zst` is decompressed as it is read.
     pub fn load(path: impl AsRef<Path>, format: FileFormat) -> Result<DictDB> {
         let path = path.as_ref();
         let (f, large) = open(path)?;

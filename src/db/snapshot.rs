@@ -1,5 +1,6 @@
 //! Consistent, O(1) snapshots of the whole database.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -46,6 +47,17 @@ impl Snapshot {
     /// Total number of records in all tables.
     pub fn record_count(&self) -> usize {
         self.tables.iter().map(TableSnapshot::len).sum()
+    }
+
+    /// Each table's next auto-assigned key, as files record it.
+    pub(crate) fn next_keys(&self) -> BTreeMap<Arc<str>, u64> {
+        self.tables
+            .iter()
+            .map(|t| {
+                let next = u64::try_from(t.next_id.max(0)).unwrap_or(u64::MAX);
+                (Arc::clone(&t.name), next)
+            })
+            .collect()
     }
 }
 
@@ -151,14 +163,7 @@ impl Snapshot {
     /// ```
     pub fn changes_to(&self, newer: &Snapshot) -> ChangeSet {
         let mut out = ChangeSet {
-            next_keys: newer
-                .tables
-                .iter()
-                .map(|t| {
-                    let next = u64::try_from(t.next_id.max(0)).unwrap_or(u64::MAX);
-                    (Arc::clone(&t.name), next)
-                })
-                .collect(),
+            next_keys: newer.next_keys(),
             ..ChangeSet::default()
         };
         for old in &self.tables {

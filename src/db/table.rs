@@ -123,8 +123,29 @@ impl Table {
         // Encoding happens before the lock is taken.
         let pending = PendingRecord::new(&record, &self.pk)?;
         self.write(|t, publish| {
-            let (key, rec) = self.seal(t, pending)?;
-            t.records.insert(key.clone(), rec.clone());
+            let (key, rec) = match pending.key.clone() {
+                Some(key) => {
+                    let rec = pending.finish(None);
+                    // One walk down the tree, not two: insert, and in the
+                    // rare case the key was taken put the old record back
+                    // (under the lock: nobody sees the difference).
+                    if let Some(old) = t.records.insert(key.clone(), rec.clone()) {
+                        t.records.insert(key.clone(), old);
+                        return Err(Error::DuplicateKey {
+                            table: self.name.to_string(),
+                            key,
+                        });
+                    }
+                    t.bump(&key);
+                    (key, rec)
+                }
+                None => {
+                    let id = t.alloc_id(&self.name)?;
+                    let rec = pending.finish(Some((&self.pk, id)));
+                    t.records.insert(Key::Int(id), rec.clone());
+                    (Key::Int(id), rec)
+                }
+            };
             publish(Change::Insert {
                 key: key.clone(),
                 record: rec,

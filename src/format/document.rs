@@ -567,12 +567,6 @@ pub(crate) struct Written {
     pub(crate) checksum: String,
 }
 
-fn next_keys(snapshot_next: impl Iterator<Item = (String, i128)>) -> BTreeMap<String, u64> {
-    snapshot_next
-        .map(|(t, n)| (t, u64::try_from(n.max(0)).unwrap_or(u64::MAX)))
-        .collect()
-}
-
 impl Doc<'_> {
     fn meta(&self) -> Meta {
         match self {
@@ -581,12 +575,11 @@ impl Doc<'_> {
                 kind: BackupKind::Full,
                 name: name.map(str::to_string),
                 seq: snapshot.seq(),
-                next_keys: next_keys(
-                    snapshot
-                        .tables()
-                        .iter()
-                        .map(|t| (t.name().to_string(), t.next_id)),
-                ),
+                next_keys: snapshot
+                    .next_keys()
+                    .into_iter()
+                    .map(|(t, n)| (t.to_string(), n))
+                    .collect(),
                 count: snapshot.record_count() as u64,
                 tables: Some(
                     snapshot

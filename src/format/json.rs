@@ -283,6 +283,18 @@ impl<R: Read> JsonReader<R> {
         char::from_u32(cp).map_or_else(|| Input::<R>::bad_at(at, "invalid \\u escape"), Ok)
     }
 
+    /// Reads a string (after the opening quote) into `out`, replacing it.
+    fn string_into(&mut self, out: &mut String) -> Res<()> {
+        out.clear();
+        // Both forms were checked to be UTF-8.
+        let bytes = match self.string_span()? {
+            Some((s, n)) => &self.input.buf[s..s + n],
+            None => &self.scratch[..],
+        };
+        out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
+        Ok(())
+    }
+
     /// Reads a string (after the opening quote) into MessagePack.
     #[inline]
     fn string_to(&mut self, out: &mut Vec<u8>) -> Res<()> {
@@ -620,13 +632,7 @@ impl<R: Read> DocReader for JsonReader<R> {
             *f = false;
         }
         self.expect(b'"', "a key")?;
-        key.clear();
-        match self.string_span()? {
-            Some((s, n)) => {
-                key.push_str(std::str::from_utf8(&self.input.buf[s..s + n]).unwrap_or(""))
-            }
-            None => key.push_str(std::str::from_utf8(&self.scratch).unwrap_or("")),
-        }
+        self.string_into(key)?;
         self.expect(b':', "`:`")?;
         Ok(true)
     }
@@ -662,14 +668,7 @@ impl<R: Read> DocReader for JsonReader<R> {
 
     fn string(&mut self, out: &mut String) -> Res<()> {
         self.expect(b'"', "a string")?;
-        out.clear();
-        match self.string_span()? {
-            Some((s, n)) => {
-                out.push_str(std::str::from_utf8(&self.input.buf[s..s + n]).unwrap_or(""))
-            }
-            None => out.push_str(std::str::from_utf8(&self.scratch).unwrap_or("")),
-        }
-        Ok(())
+        self.string_into(out)
     }
 
     fn uint(&mut self) -> Res<u64> {

@@ -13,7 +13,9 @@
 //! - [`meta`]: the `dictdb` section;
 //! - [`document`]: the grammar of a document, once for both formats and
 //!   both directions, and the checksum rules;
-//! - [`build`]: indexing decoded records into the neutral types.
+//! - [`build`]: indexing decoded records into the neutral types;
+//! - [`transform`]: zstd compression and age encryption, as streams between
+//!   the codec and the store (the checksum covers the plaintext document).
 //!
 //! The document layout and its rules are in [`document`]'s documentation and
 //! in the README's "Files" section.
@@ -27,6 +29,7 @@ pub(crate) mod meta;
 pub(crate) mod msgpack;
 mod parallel;
 pub(crate) mod syntax;
+pub(crate) mod transform;
 
 use std::fmt;
 use std::io::Read;
@@ -35,6 +38,8 @@ use std::str::FromStr;
 pub(crate) use checksum::ChunkWriter;
 pub use checksum::Integrity;
 pub(crate) use document::{Body, Decoded, Doc, Header, Link, Outcome, Want, Written};
+pub use transform::Compression;
+pub(crate) use transform::{Keys, Layers, Sealing};
 
 use crate::db::Snapshot;
 use crate::error::{Error, Result};
@@ -212,9 +217,10 @@ pub(crate) fn encode(
     }
 }
 
-/// The format of a file from its extension.
+/// The format of a file from its extension (under any `.zst` and `.age`).
 pub(crate) fn format_of_path(path: &std::path::Path) -> Result<FileFormat> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (_, ext) = Layers::of_path(path);
+    let ext = ext.as_str();
     match FileFormat::from_extension(ext) {
         Some(f) => Ok(f),
         None => Err(match ext.parse::<FileFormat>() {

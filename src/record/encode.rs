@@ -122,6 +122,38 @@ pub(crate) fn encode_value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// Encodes a value found at `depth` inside a record; `false` (and the
+/// output is to be dropped) if it nests deeper than the limit.
+fn encode_within(out: &mut Vec<u8>, v: &Value, depth: usize) -> bool {
+    if depth > super::MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::Null => put_nil(out),
+        Value::Bool(b) => put_bool(out, *b),
+        Value::Number(n) => put_number(out, n),
+        Value::String(s) => put_str(out, s),
+        Value::Array(a) => {
+            put_array_len(out, a.len());
+            for x in a {
+                if !encode_within(out, x, depth + 1) {
+                    return false;
+                }
+            }
+        }
+        Value::Object(m) => {
+            put_map_len(out, m.len());
+            for (k, x) in m {
+                put_str(out, k);
+                if !encode_within(out, x, depth + 1) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 fn put_number(out: &mut Vec<u8>, n: &Number) {
     if let Some(u) = n.as_u64() {
         put_uint(out, u);
@@ -159,12 +191,17 @@ impl PendingRecord {
             Some(v) => Some(Key::from_json(v, pk)?),
             None => None,
         };
-        super::check_fields(map)?;
         let mut buf = Vec::with_capacity(HEADER_ROOM + 16 * map.len() + 16);
         buf.resize(HEADER_ROOM, 0);
+        // One pass: encoding checks the nesting limit as it goes.
         for (k, x) in map {
             put_str(&mut buf, k);
-            encode_value(&mut buf, x);
+            if !encode_within(&mut buf, x, 1) {
+                return Err(crate::Error::InvalidRecord(format!(
+                    "nested more than {} levels deep",
+                    super::MAX_DEPTH
+                )));
+            }
         }
         Ok(PendingRecord {
             buf,

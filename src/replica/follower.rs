@@ -194,7 +194,7 @@ impl Follower {
     /// problem that stops the replica, if any (also recorded in the
     /// status).
     pub(crate) async fn poll(&mut self, next: tokio::time::Instant) -> Option<ReplicaFailure> {
-        let catalog = match Catalog::load(Arc::clone(&self.store)).await {
+        let catalog = match self.opts.catalog().await {
             Ok(c) => c,
             Err(e) => {
                 self.fail(None, e);

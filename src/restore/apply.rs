@@ -17,7 +17,7 @@ use super::verify::Seen;
 use super::{Restore, Restored, Stopped};
 use crate::db::{ChangeSet, DictDB};
 use crate::error::{Error, Result};
-use crate::format::{self, Body, Decoded};
+use crate::format::{self, transform, Body, Decoded, Keys};
 use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
@@ -32,13 +32,28 @@ pub(crate) enum Failed {
     Other(Error),
 }
 
-/// Reads and decodes a whole file on the blocking pool, streaming it.
-pub(crate) async fn decode_entry(store: &Arc<dyn BackupStore>, e: &Entry) -> Result<Decoded> {
+/// Whether a file is large enough to index on a second thread (a
+/// compressed file holds many times its size).
+fn pipeline(e: &Entry) -> bool {
+    let scale = if e.name.compressed { 16 } else { 1 };
+    e.file.size.saturating_mul(scale) >= PIPELINE_BYTES
+}
+
+/// Decodes an opened file: decrypts and decompresses it as its name says,
+/// streaming, and decodes the plaintext. Runs on a blocking thread.
+fn decode_opened(e: &Entry, reader: FileReader, keys: &Keys) -> Result<Decoded> {
     let format = e.format()?;
-    let reader = store.open(e.file_name()).await?;
-    let name = e.file_name().to_string();
-    let pipeline = e.file.size >= PIPELINE_BYTES;
-    tokio::task::spawn_blocking(move || format::decode(reader, format, &name, pipeline))
+    let plain = transform::open(reader, e.layers(), keys, e.file_name())?;
+    format::decode(plain, format, e.file_name(), pipeline(e))
+}
+
+/// Reads and decodes a whole file on the blocking pool, streaming it.
+pub(crate) async fn decode_entry(catalog: &Catalog, e: &Entry) -> Result<Decoded> {
+    e.format()?;
+    let reader = catalog.store.open(e.file_name()).await?;
+    let entry = e.clone();
+    let keys = catalog.keys.clone();
+    tokio::task::spawn_blocking(move || decode_opened(&entry, reader, &keys))
         .await
         .map_err(|err| Error::corrupt(e.file_name(), format!("decoding task failed: {err}")))?
 }
@@ -48,7 +63,7 @@ pub(crate) async fn decode_entry(store: &Arc<dyn BackupStore>, e: &Entry) -> Res
 /// it may be trusted in this store. Restore, verify and inspect all judge a
 /// file with this function.
 pub(crate) async fn check_file(opts: &Restore, catalog: &Catalog, e: &Entry) -> Result<Decoded> {
-    let d = decode_entry(&catalog.store, e).await?;
+    let d = decode_entry(catalog, e).await?;
     check_identity(e, &d.header)?;
     if d.header.meta.is_none() {
         catalog.unverified_allowed(e, opts.allow_unverified).await?;
@@ -84,8 +99,7 @@ impl Applier {
 
     async fn apply(&mut self, changes: ChangeSet, file: &str) -> Result<usize> {
         if self.tx.is_none() {
-            let (tx, rx) =
-                std::sync::mpsc::channel::<(ChangeSet, String, oneshot::Sender<Result<usize>>)>();
+            let (tx, rx) = std::sync::mpsc::channel::<ApplyJob>();
             let db = self.db.clone();
             std::thread::Builder::new()
                 .name("dictdb-apply".into())
@@ -117,6 +131,7 @@ impl Applier {
 /// waits for the caller.
 fn read_ahead(
     store: Arc<dyn BackupStore>,
+    keys: Keys,
     jobs: Vec<Entry>,
 ) -> (mpsc::Receiver<Result<Decoded>>, Option<Ahead>) {
     let (done_tx, done_rx) = mpsc::channel::<Result<Decoded>>(1);
@@ -129,11 +144,7 @@ fn read_ahead(
         .name("dictdb-read-ahead".into())
         .spawn(move || {
             while let Some((e, reader)) = job_rx.blocking_recv() {
-                let decoded = reader.and_then(|r| {
-                    let format = e.format()?;
-                    let pipeline = e.file.size >= PIPELINE_BYTES;
-                    format::decode(r, format, e.file_name(), pipeline)
-                });
+                let decoded = reader.and_then(|r| decode_opened(&e, r, &keys));
                 if decoder.blocking_send(decoded).is_err() {
                     break;
                 }
@@ -180,7 +191,7 @@ pub(crate) async fn load(
         .iter()
         .map(|(i, _)| catalog.entries[*i].clone())
         .collect();
-    let (mut rx, _ahead) = read_ahead(Arc::clone(&catalog.store), jobs);
+    let (mut rx, _ahead) = read_ahead(Arc::clone(&catalog.store), catalog.keys.clone(), jobs);
 
     let base = &catalog.entries[chosen.base];
     let d = check_file(opts, catalog, base)

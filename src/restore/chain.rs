@@ -11,12 +11,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
-use crate::format::{decode_header, FileFormat, Header, Integrity};
+use crate::format::transform::{plain_prefix, Prefix};
+use crate::format::{decode_header, FileFormat, Header, Integrity, Keys, Layers};
 use crate::naming::{BackupKind, BackupName, NameFormat};
 use crate::store::{BackupStore, StoredFile};
 
 /// First bytes read for a header; doubled until the header fits.
 const HEADER_PROBE: u64 = 4096;
+
+/// First bytes read for an encrypted file's header: age's header and its
+/// first 64 KiB chunk.
+const AGE_HEADER_PROBE: u64 = 72 * 1024;
 
 /// The most read for one header.
 const HEADER_MAX: u64 = 64 << 20;
@@ -37,6 +42,11 @@ impl Entry {
         &self.file.name
     }
 
+    /// The transforms its name says it went through.
+    pub(crate) fn layers(&self) -> Layers {
+        Layers::of_name(&self.name)
+    }
+
     /// The format its extension names.
     pub(crate) fn format(&self) -> Result<FileFormat> {
         match self.name.format {
@@ -54,6 +64,8 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Catalog {
     pub(crate) store: Arc<dyn BackupStore>,
+    /// The identities that decrypt encrypted files.
+    pub(crate) keys: Keys,
     pub(crate) entries: Vec<Entry>,
     pub(crate) foreign: Vec<StoredFile>,
     /// The first file (in write order) that carries dictdb metadata.
@@ -61,8 +73,8 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
-    /// Lists the store.
-    pub(crate) async fn load(store: Arc<dyn BackupStore>) -> Result<Catalog> {
+    /// Lists the store; `keys` decrypt its encrypted files.
+    pub(crate) async fn load(store: Arc<dyn BackupStore>, keys: Keys) -> Result<Catalog> {
         let mut entries = Vec::new();
         let mut foreign = Vec::new();
         for file in store.list().await? {
@@ -75,6 +87,7 @@ impl Catalog {
         foreign.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Catalog {
             store,
+            keys,
             entries,
             foreign,
             first_ours: OnceCell::new(),
@@ -82,11 +95,20 @@ impl Catalog {
     }
 
     /// Reads a file's header from its first bytes (a ranged read): kind,
-    /// timestamp and dictdb section. The checksum is not checked.
+    /// timestamp and dictdb section. The checksum is not checked. A
+    /// compressed or encrypted file's first bytes are decompressed and
+    /// decrypted (age decrypts whole 64 KiB chunks: an encrypted file's
+    /// first chunk is read).
     pub(crate) async fn header(&self, e: &Entry) -> Result<Header> {
         let format = e.format()?;
+        let layers = e.layers();
         let size = e.file.size;
-        let mut len = HEADER_PROBE.min(size);
+        let probe = if layers.age {
+            AGE_HEADER_PROBE
+        } else {
+            HEADER_PROBE
+        };
+        let mut len = probe.min(size);
         loop {
             let prefix = if len == 0 {
                 Vec::new()
@@ -94,8 +116,36 @@ impl Catalog {
                 self.store.read_range(e.file_name(), 0..len).await?
             };
             let complete = (prefix.len() as u64) < len || len >= size;
-            if let Some(h) = decode_header(&prefix, complete, format, e.file_name())? {
+            let name = e.file_name();
+            let found = if layers.is_plain() {
+                decode_header(&prefix, complete, format, name)?
+            } else {
+                let keys = self.keys.clone();
+                let file = name.to_string();
+                let max = HEADER_MAX as usize;
+                // Decompressing and decrypting take CPU: off the async threads.
+                let plain = tokio::task::spawn_blocking(move || {
+                    plain_prefix(prefix, complete, layers, &keys, &file, max)
+                })
+                .await
+                .map_err(|err| Error::corrupt(name, format!("header task failed: {err}")))?;
+                match plain {
+                    Prefix::NeedMore => None,
+                    Prefix::Plain(text, whole) => decode_header(&text, whole, format, name)?,
+                    Prefix::Failed(text, err) => match decode_header(&text, false, format, name) {
+                        Ok(Some(h)) => Some(h),
+                        _ => return Err(err),
+                    },
+                }
+            };
+            if let Some(h) = found {
                 return Ok(h);
+            }
+            if complete {
+                return Err(Error::corrupt(
+                    name,
+                    "the file ends before its header does (truncated?)",
+                ));
             }
             if len >= HEADER_MAX {
                 return Err(Error::corrupt(

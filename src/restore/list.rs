@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::chain::{check_identity, Catalog};
+use super::chain::check_identity;
 use super::{Plan, Restore, TableSummary};
 use crate::error::{Error, Result};
 use crate::naming::BackupKind;
@@ -32,6 +32,14 @@ pub struct ListedFile {
     /// Whether the file carries dictdb metadata (else: the Python
     /// original's, unverifiable).
     pub ours: bool,
+    /// Whether the file is compressed (its name ends in `.zst`, before any
+    /// `.age`).
+    pub compressed: bool,
+    /// Whether the file is encrypted (its name ends in `.age`). Its header
+    /// is encrypted too: without an identity, [`error`](Self::error) says
+    /// [`DecryptFailure::MissingIdentity`](crate::DecryptFailure) and only
+    /// what the name says is known.
+    pub encrypted: bool,
     /// Why the header could not be read or does not match the name.
     pub error: Option<Error>,
 }
@@ -48,10 +56,16 @@ pub struct Listing {
 }
 
 /// Lists a store from the files' headers only: a few kilobytes read per
-/// file, whatever its size. Checksums and records are not read: use
-/// [`super::verify_store`] for that.
+/// file, whatever its size (an encrypted file's first 64 KiB chunk).
+/// Checksums and records are not read: use [`super::verify_store`] for
+/// that. Encrypted files need identities: see [`Restore::list`].
 pub async fn list_store(store: Arc<dyn BackupStore>) -> Result<Listing> {
-    let catalog = Catalog::load(Arc::clone(&store)).await?;
+    Restore::new(store).list().await
+}
+
+/// [`list_store`] with the identities of `opts`.
+pub(crate) async fn list_with(opts: &Restore) -> Result<Listing> {
+    let catalog = opts.catalog().await?;
     let mut files = Vec::with_capacity(catalog.entries.len() + catalog.foreign.len());
     for e in &catalog.entries {
         let mut f = ListedFile {
@@ -63,6 +77,8 @@ pub async fn list_store(store: Arc<dyn BackupStore>) -> Result<Listing> {
             tables: Vec::new(),
             records: None,
             ours: false,
+            compressed: e.name.compressed,
+            encrypted: e.name.encrypted,
             error: None,
         };
         let header = catalog.header(e).await;
@@ -97,8 +113,10 @@ pub async fn list_store(store: Arc<dyn BackupStore>) -> Result<Listing> {
         tables: Vec::new(),
         records: None,
         ours: false,
+        compressed: false,
+        encrypted: false,
         error: None,
     }));
-    let plan = Restore::new(store).quick_plan().await;
+    let plan = opts.quick_plan().await;
     Ok(Listing { files, plan })
 }

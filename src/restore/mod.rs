@@ -33,6 +33,7 @@ pub use verify::{
 
 use crate::db::DictDB;
 use crate::error::{Error, Result};
+use crate::format::{FileFormat, Keys};
 use crate::naming::BackupKind;
 use crate::store::{BackupStore, LocalStore};
 use chain::Catalog;
@@ -121,6 +122,7 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub struct Restore {
     store: Arc<dyn BackupStore>,
+    keys: Keys,
     until_time: Option<SystemTime>,
     until_seq: Option<u64>,
     lenient: bool,
@@ -138,6 +140,7 @@ impl Restore {
     pub fn new(store: Arc<dyn BackupStore>) -> Restore {
         Restore {
             store,
+            keys: Keys::default(),
             until_time: None,
             until_seq: None,
             lenient: false,
@@ -190,6 +193,68 @@ impl Restore {
         self
     }
 
+    /// Decrypt encrypted (`.age`) files with `identity` (feature
+    /// `encryption`); may be given several times, and any identity that
+    /// opens a file is used. Without one, an encrypted file is refused with
+    /// [`DecryptFailure::MissingIdentity`](crate::DecryptFailure); with only
+    /// identities of other recipients, with
+    /// [`DecryptFailure::WrongIdentity`](crate::DecryptFailure). Verify,
+    /// inspect and list through this `Restore` use the identities too.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use dictdb::encryption::Identity;
+    /// use dictdb::restore::Restore;
+    ///
+    /// # async fn f() -> dictdb::Result<()> {
+    /// let mut restore = Restore::from_dir("./backups")?;
+    /// for id in Identity::from_file("backup-key.txt")? {
+    ///     restore = restore.identity(id);
+    /// }
+    /// let restored = restore.run().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "encryption")]
+    #[must_use]
+    pub fn identity(self, identity: crate::encryption::Identity) -> Restore {
+        self.identities([identity])
+    }
+
+    /// [`identity`](Self::identity) for each of `identities` (what
+    /// [`Identity::from_file`](crate::encryption::Identity::from_file)
+    /// returns).
+    #[cfg(feature = "encryption")]
+    #[must_use]
+    pub fn identities(
+        mut self,
+        identities: impl IntoIterator<Item = crate::encryption::Identity>,
+    ) -> Restore {
+        let mut all = self.keys.identities();
+        all.extend(identities);
+        self.keys = Keys::new(all);
+        self
+    }
+
+    /// [`verify_store`] with this restore's identities: checks every chain
+    /// and every file of the store.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        verify::verify_with(self).await
+    }
+
+    /// [`inspect`] with this restore's identities: checks one file.
+    pub async fn inspect(&self, name: &str, format: Option<FileFormat>) -> Result<FileReport> {
+        verify::inspect_with(self, name, format).await
+    }
+
+    /// [`list_store`] with this restore's identities: lists the store from
+    /// the files' headers (an encrypted file's first chunk is decrypted;
+    /// without an identity it is listed as encrypted).
+    pub async fn list(&self) -> Result<Listing> {
+        list::list_with(self).await
+    }
+
     /// A dry run: what [`run`](Self::run) would apply and reach, found by
     /// doing everything a restore does (every byte read, every check made,
     /// the database built) and then dropping the database. It fails exactly
@@ -211,15 +276,20 @@ impl Restore {
     /// [`plan`](Self::plan), [`run`](Self::run) and verify. What `list`
     /// shows.
     pub async fn quick_plan(&self) -> Result<Plan> {
-        let catalog = Catalog::load(Arc::clone(&self.store)).await?;
+        let catalog = self.catalog().await?;
         let mut skipped = Vec::new();
         let chosen = plan::choose(self, &catalog, &[], &mut skipped).await?;
         Ok(chosen.into_plan(&catalog, skipped))
     }
 
+    /// The store's files, with this restore's identities.
+    pub(crate) async fn catalog(&self) -> Result<Catalog> {
+        Catalog::load(Arc::clone(&self.store), self.keys.clone()).await
+    }
+
     /// Restores.
     pub async fn run(&self) -> Result<Restored> {
-        let catalog = Catalog::load(Arc::clone(&self.store)).await?;
+        let catalog = self.catalog().await?;
         let mut skipped = Vec::new();
         let mut excluded = Vec::new();
         loop {

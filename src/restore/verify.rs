@@ -186,9 +186,16 @@ pub async fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 /// same code, every byte read, the database built and dropped), and every
 /// file the chains did not reach on its own. Memory stays within one
 /// chain's database.
+///
+/// Encrypted files need identities: see [`Restore::verify`].
 pub async fn verify_store(store: Arc<dyn BackupStore>) -> Result<VerifyReport> {
-    let opts = Restore::new(Arc::clone(&store));
-    let catalog = Catalog::load(store).await?;
+    Restore::new(store).verify().await
+}
+
+/// [`verify_store`] with the identities of `opts`.
+pub(crate) async fn verify_with(opts: &Restore) -> Result<VerifyReport> {
+    let opts = opts.clone();
+    let catalog = opts.catalog().await?;
     let mut files: Vec<Option<FileReport>> = vec![None; catalog.entries.len()];
     let mut chains = Vec::new();
 
@@ -280,17 +287,27 @@ pub async fn inspect_file(
     inspect(Arc::new(LocalStore::existing(&dir)?), &name, format).await
 }
 
-/// [`inspect_file`] for a file of any store.
+/// [`inspect_file`] for a file of any store. Encrypted files need
+/// identities: see [`Restore::inspect`].
 pub async fn inspect(
     store: Arc<dyn BackupStore>,
     name: &str,
     format: Option<format::FileFormat>,
 ) -> Result<FileReport> {
-    let catalog = Catalog::load(Arc::clone(&store)).await?;
-    let opts = Restore::new(Arc::clone(&store));
+    Restore::new(store).inspect(name, format).await
+}
+
+/// [`inspect`] with the identities of `opts`.
+pub(crate) async fn inspect_with(
+    opts: &Restore,
+    name: &str,
+    format: Option<format::FileFormat>,
+) -> Result<FileReport> {
+    let catalog = opts.catalog().await?;
+    let store = Arc::clone(&catalog.store);
     if let Some(e) = catalog.entries.iter().find(|e| e.file_name() == name) {
         if format.is_none_or(|f| e.format().ok() == Some(f)) {
-            return Ok(check_one(&opts, &catalog, e).await);
+            return Ok(check_one(opts, &catalog, e).await);
         }
     }
     let file = catalog
@@ -309,10 +326,17 @@ pub async fn inspect(
         Some(f) => f,
         None => format::format_of_path(Path::new(name))?,
     };
+    // A file not named like a backup: its extension says what it went
+    // through (`db.json.zst` is compressed).
+    let (layers, _) = format::Layers::of_path(Path::new(name));
     let reader = store.open(&file.name).await?;
     let n = file.name.clone();
-    let decoded = tokio::task::spawn_blocking(move || format::decode(reader, format, &n, false))
-        .await
-        .map_err(|e| Error::corrupt(&file.name, e))?;
+    let keys = catalog.keys.clone();
+    let decoded = tokio::task::spawn_blocking(move || {
+        let plain = format::transform::open(reader, layers, &keys, &n)?;
+        format::decode(plain, format, &n, false)
+    })
+    .await
+    .map_err(|e| Error::corrupt(&file.name, e))?;
     Ok(summarize(&file, None, decoded.map(|d| Seen::of(&d))))
 }

@@ -151,11 +151,7 @@ async fn resolve(
 
 /// A full backup file outside the store (a restore's `--out`, say).
 async fn load(arg: &str, path: &Path) -> Result<State, CliError> {
-    let format = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(FileFormat::from_extension)
-        .unwrap_or(FileFormat::Json);
+    let format = store::format_by_name(path).unwrap_or(FileFormat::Json);
     let db = DictDB::load_async(path, format).await?;
     Ok(State {
         side: Side {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use dictdb::{BackupKind, BackupName, BackupStore, Error};
+use dictdb::{BackupKind, BackupName, BackupStore, DecryptFailure, Error};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -114,6 +114,13 @@ impl From<Error> for CliError {
             }
             Error::Store { path, .. } => (Exit::Usage, "store", Some(path.clone())),
             Error::Config(_) => (Exit::Usage, "config", None),
+            Error::Decrypt { file, kind, .. } => match kind {
+                DecryptFailure::MissingIdentity => (Exit::Usage, "no_identity", Some(file.clone())),
+                DecryptFailure::WrongIdentity => {
+                    (Exit::Usage, "wrong_identity", Some(file.clone()))
+                }
+                _ => (Exit::Damaged, "damaged", Some(file.clone())),
+            },
             _ => (Exit::Usage, "error", None),
         };
         let message = if kind == "not_found" && matches!(e, Error::Store { .. }) {

@@ -6,8 +6,10 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use dictdb::restore::inspect_file;
+use std::sync::Arc;
+
 use dictdb::{BackupName, FileFormat};
+use dictdb::{BackupStore, LocalStore};
 use serde::Serialize;
 
 use crate::error::{CliError, Exit};
@@ -61,11 +63,7 @@ pub(crate) async fn run(
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let backup_named = BackupName::parse(&name).is_some();
-    let known_ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(FileFormat::from_extension)
-        .is_some();
+    let known_ext = crate::store::format_by_name(path).is_some();
     if format.is_none() && !backup_named && !known_ext {
         return Err(not_a_backup(
             path,
@@ -73,7 +71,12 @@ pub(crate) async fn run(
              .json nor .msgpack (give --format json or --format msgpack to read it anyway)",
         ));
     }
-    let r = inspect_file(path, format).await?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let store: Arc<dyn BackupStore> = Arc::new(LocalStore::existing(&dir)?);
+    let r = crate::keys::restore(store).inspect(&name, format).await?;
     let checked = Checked::of(&r);
     if let (Err(e), false) = (&r.status, backup_named) {
         return Err(not_a_backup(path, &crate::output::about(e, &r.name)));

@@ -7,14 +7,14 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use dictdb::restore::{list_store, ListedFile, Plan, Restore};
-use dictdb::{BackupKind, Error};
+use dictdb::restore::{ListedFile, Plan};
+use dictdb::{BackupKind, DecryptFailure, Error};
 use serde::Serialize;
 
 use crate::error::{no_backups, CliError, Exit};
 use crate::output::{about, columns, plural, size, Output};
 use crate::report::{kind, names, SeqRange, TableCount};
-use crate::{store, time};
+use crate::{keys, store, time};
 
 #[derive(Serialize)]
 struct ListReport {
@@ -38,8 +38,13 @@ struct Entry {
     changes: Option<u64>,
     size: u64,
     /// `ok` (dictdb header read), `no_metadata` (the Python original's
-    /// file: nothing to check it against), `damaged`, `ignored`.
+    /// file: nothing to check it against), `encrypted` (no identity given
+    /// opens it: only its name is known), `damaged`, `ignored`.
     status: &'static str,
+    /// Compressed (`.zst`).
+    compressed: bool,
+    /// Encrypted (`.age`).
+    encrypted: bool,
     error: Option<String>,
     /// In the chain a restore would use (`*`).
     in_chain: bool,
@@ -67,14 +72,14 @@ struct Lenient {
 
 pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
-    let listing = list_store(Arc::clone(&store)).await?;
+    let listing = keys::restore(Arc::clone(&store)).list().await?;
     if !listing.files.iter().any(|f| f.kind.is_some()) {
         return Err(no_backups(&store.location(), listing.files.len()));
     }
     let lenient = match &listing.plan {
         Ok(_) => None,
         Err(_) => Some(
-            Restore::new(Arc::clone(&store))
+            keys::restore(Arc::clone(&store))
                 .stop_at_last_consistent(true)
                 .quick_plan()
                 .await,
@@ -106,8 +111,16 @@ impl Entry {
     fn of(f: &ListedFile, in_chain: bool, in_lenient_chain: bool) -> Entry {
         let readable = f.kind.is_some() && f.error.is_none();
         let delta = f.kind == Some(BackupKind::Delta);
+        let locked = matches!(
+            &f.error,
+            Some(Error::Decrypt {
+                kind: DecryptFailure::MissingIdentity | DecryptFailure::WrongIdentity,
+                ..
+            })
+        );
         let status = match (&f.kind, &f.error) {
             (None, _) => "ignored",
+            (Some(_), Some(_)) if locked => "encrypted",
             (Some(_), Some(_)) => "damaged",
             (Some(_), None) if f.ours => "ok",
             (Some(_), None) => "no_metadata",
@@ -125,6 +138,8 @@ impl Entry {
             changes: f.records.filter(|_| readable && delta),
             size: f.size,
             status,
+            compressed: f.compressed,
+            encrypted: f.encrypted,
             error: f.error.as_ref().map(|e| about(e, &f.name)),
             in_chain,
             in_lenient_chain,
@@ -148,6 +163,7 @@ impl Entry {
             ("ok", _) => "header ok".to_string(),
             ("no_metadata", _) => "no checksum (Python original)".to_string(),
             ("ignored", _) => "ignored (not a backup)".to_string(),
+            ("encrypted", Some(e)) => format!("encrypted: {e}"),
             (_, Some(e)) => format!("DAMAGED: {e}"),
             (other, None) => other.to_string(),
         };

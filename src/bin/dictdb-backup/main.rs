@@ -10,6 +10,7 @@ mod diff;
 mod error;
 mod follow;
 mod inspect;
+mod keys;
 mod list;
 mod output;
 mod points;
@@ -62,6 +63,11 @@ struct Cli {
     /// Print a JSON report on stdout instead of text (errors too).
     #[arg(long, global = true)]
     json: bool,
+
+    /// An age identity file (AGE-SECRET-KEY-1… lines, as age-keygen writes
+    /// them) to decrypt encrypted (.age) backups; may be repeated.
+    #[arg(long, global = true, value_name = "FILE")]
+    identity: Vec<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -251,6 +257,9 @@ async fn main() -> ExitCode {
         }
     };
     let out = Output { json: cli.json };
+    if let Err(e) = keys::load(&cli.identity) {
+        return out.fail(&e).into();
+    }
     match run(cli.command, out).await {
         Ok(exit) => exit.into(),
         Err(e) => out.fail(&e).into(),

@@ -76,7 +76,7 @@ pub(crate) fn restore_options(
     store: &Arc<dyn BackupStore>,
     point: &Point,
 ) -> (Restore, Option<Timestamp>, Option<u64>) {
-    let r = Restore::new(Arc::clone(store));
+    let r = crate::keys::restore(Arc::clone(store));
     match point {
         Point::File(name) => match time::of_file(name) {
             Some(t) => (r.until_time(time::system(t)), Some(t), None),
@@ -114,7 +114,7 @@ pub(crate) async fn before_file(
     let (Some(t), true) = (t, earlier) else {
         return Ok(empty(format!("nothing: {name} is the first backup")));
     };
-    let restored = match Restore::new(Arc::clone(store))
+    let restored = match crate::keys::restore(Arc::clone(store))
         .until_time(time::system(t))
         .run()
         .await

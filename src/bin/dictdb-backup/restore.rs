@@ -139,7 +139,7 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
 }
 
 fn options(req: &Request, store: Arc<dyn BackupStore>) -> Restore {
-    let mut r = Restore::new(store).stop_at_last_consistent(req.lenient);
+    let mut r = crate::keys::restore(store).stop_at_last_consistent(req.lenient);
     if let Some(t) = req.until {
         r = r.until_time(time::system(t));
     }
@@ -265,11 +265,7 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
             "--out {shown}: refusing to write a backup-named file into the directory being restored"
         )));
     }
-    let format = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(FileFormat::from_extension)
-        .unwrap_or(FileFormat::Json);
+    let format = store::format_by_name(out).unwrap_or(FileFormat::Json);
     Ok((out.to_path_buf(), format))
 }
 

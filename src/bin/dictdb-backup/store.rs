@@ -20,6 +20,18 @@ pub(crate) fn open(arg: &Path) -> Result<Arc<dyn BackupStore>, CliError> {
     Ok(Arc::new(LocalStore::existing(arg)?))
 }
 
+/// The format a file's name says: its extension under any `.zst` and
+/// `.age` (`db.msgpack.zst` is MessagePack).
+pub(crate) fn format_by_name(path: &Path) -> Option<dictdb::FileFormat> {
+    let name = path.file_name()?.to_str()?;
+    let name = name.strip_suffix(".age").unwrap_or(name);
+    let name = name.strip_suffix(".zst").unwrap_or(name);
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(dictdb::FileFormat::from_extension)
+}
+
 /// Whether `arg` names an object-store URL rather than a directory.
 pub(crate) fn is_url(arg: &Path) -> bool {
     arg.to_string_lossy().contains("://")

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use dictdb::restore::{verify_store, ChainReport, FileReport};
+use dictdb::restore::{ChainReport, FileReport};
 use dictdb::{BackupKind, Error, Integrity};
 use serde::Serialize;
 
@@ -76,7 +76,9 @@ struct Counts {
 pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let progress = Progress::start("verifying", None);
-    let report = verify_store(progress.meter(Arc::clone(&store))).await;
+    let report = crate::keys::restore(progress.meter(Arc::clone(&store)))
+        .verify()
+        .await;
     progress.finish();
     let report = report?;
     if !report.files.iter().any(|f| f.kind.is_some()) {

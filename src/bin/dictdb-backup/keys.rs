@@ -1,0 +1,63 @@
+//! `--identity FILE`: the age identities that decrypt encrypted backups,
+//! read once and used by every restore, verify, inspect, list and diff.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+#[cfg(feature = "encryption")]
+use std::sync::OnceLock;
+
+use dictdb::restore::Restore;
+use dictdb::BackupStore;
+
+use crate::error::CliError;
+
+#[cfg(feature = "encryption")]
+static IDENTITIES: OnceLock<Vec<dictdb::encryption::Identity>> = OnceLock::new();
+
+/// Reads the identity files given with `--identity` (each holds
+/// `AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them).
+#[cfg(feature = "encryption")]
+pub(crate) fn load(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut all = Vec::new();
+    for f in files {
+        let shown = f.display().to_string();
+        match std::fs::metadata(f) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CliError::not_found(
+                    &shown,
+                    format!("--identity {shown}: no such file"),
+                ))
+            }
+            _ => {}
+        }
+        let ids = dictdb::encryption::Identity::from_file(f)
+            .map_err(|e| CliError::from(e).about(shown.clone()))?;
+        all.extend(ids);
+    }
+    // Called once, from main, before anything reads the identities.
+    let _ = IDENTITIES.set(all);
+    Ok(())
+}
+
+/// Without the `encryption` feature, `--identity` is refused.
+#[cfg(not(feature = "encryption"))]
+pub(crate) fn load(files: &[PathBuf]) -> Result<(), CliError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::usage(
+        "--identity needs dictdb-backup built with the `encryption` feature \
+         (cargo install dictdb --features encryption)",
+    ))
+}
+
+/// A restore of `store` with the identities given.
+pub(crate) fn restore(store: Arc<dyn BackupStore>) -> Restore {
+    let r = Restore::new(store);
+    #[cfg(feature = "encryption")]
+    let r = match IDENTITIES.get() {
+        Some(ids) => r.identities(ids.iter().cloned()),
+        None => r,
+    };
+    r
+}
