@@ -35,11 +35,16 @@ struct Writer {
 
 impl Writer {
     async fn start(dir: &Path) -> Writer {
+        Writer::with(BackupConfig::new(dir)).await
+    }
+
+    /// A writer with `config` (made incremental, writing only when asked).
+    async fn with(config: BackupConfig) -> Writer {
         let db = DictDB::new();
         db.create_table("users").unwrap();
         let manager = BackupManager::start(
             &db,
-            BackupConfig::new(dir)
+            config
                 .incremental(true)
                 .max_deltas_before_full(1000)
                 .backup_interval(Duration::from_secs(3600)),
@@ -241,6 +246,72 @@ async fn follows_each_delta_and_serves_the_writers_cut() {
     replica.stop().await.unwrap();
     assert!(!replica.status().running);
     assert!(matches!(replica.sync().await, Err(Error::ReplicaStopped)));
+}
+
+/// Writes a full backup, two deltas and a newer full backup with `w`,
+/// following with `options`: the replica serves every cut.
+async fn follow_through_a_chain_and_a_new_one(w: &mut Writer, dir: &Path, options: ReplicaOptions) {
+    w.insert(1, 40);
+    let full = w.full().await;
+    let replica = Replica::follow(local(dir), options).await.unwrap();
+    assert_eq!(table_map(replica.db()), w.cuts[&full.seq]);
+    for round in 0..2 {
+        w.insert(100 + round * 10, 5);
+        w.users().delete(30 - round).unwrap();
+        let d = w.delta().await;
+        let status = replica.sync().await.unwrap();
+        assert!(status.problem.is_none(), "{:?}", status.problem);
+        assert_eq!(table_map(replica.db()), w.cuts[&d.seq], "round {round}");
+        assert_eq!(status.cut.unwrap().file, d.file);
+    }
+    w.insert(500, 3);
+    let next = w.full().await;
+    let status = replica.sync().await.unwrap();
+    assert_eq!(status.cut.unwrap().file, next.file);
+    assert_eq!(table_map(replica.db()), w.cuts[&next.seq]);
+    w.manager.stop().await.unwrap();
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_compressed_store_is_followed_like_a_plain_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w =
+        Writer::with(BackupConfig::new(tmp.path()).compression(dictdb::Compression::zstd())).await;
+    follow_through_a_chain_and_a_new_one(&mut w, tmp.path(), quiet()).await;
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(names.len(), 4);
+    assert!(names.iter().all(|n| n.ends_with(".zst")), "{names:?}");
+}
+
+#[cfg(feature = "encryption")]
+#[tokio::test]
+async fn an_encrypted_store_is_followed_with_the_identity_and_refused_without() {
+    use dictdb::encryption::Identity;
+    let tmp = tempfile::tempdir().unwrap();
+    let id = Identity::generate();
+    let mut w = Writer::with(
+        BackupConfig::new(tmp.path())
+            .compression(dictdb::Compression::zstd())
+            .encrypt_to([id.to_public()]),
+    )
+    .await;
+    follow_through_a_chain_and_a_new_one(&mut w, tmp.path(), quiet().identity(id)).await;
+    // Without the identity: a clear error, not an empty replica.
+    let e = Replica::follow(local(tmp.path()), quiet()).await;
+    let e = match e {
+        Err(e) => e.to_string(),
+        Ok(r) => {
+            let p = r.status().problem.expect("stopped without the identity");
+            r.stop().await.unwrap();
+            p.error.to_string()
+        }
+    };
+    assert!(e.contains("identity"), "{e}");
 }
 
 #[tokio::test]

@@ -56,6 +56,9 @@ use status::StatusCell;
 pub struct ReplicaOptions {
     interval: Duration,
     allow_unverified: bool,
+    /// Identities that decrypt the store's encrypted files.
+    #[cfg(feature = "encryption")]
+    identities: Vec<crate::encryption::Identity>,
 }
 
 impl Default for ReplicaOptions {
@@ -63,6 +66,8 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             interval: Duration::from_secs(1),
             allow_unverified: false,
+            #[cfg(feature = "encryption")]
+            identities: Vec::new(),
         }
     }
 }
@@ -85,9 +90,35 @@ impl ReplicaOptions {
         self
     }
 
+    /// An identity that decrypts the store's encrypted (`.age`) files
+    /// (feature `encryption`), as [`Restore::identity`] does: a replica of
+    /// an encrypted store needs one (without it, following fails with
+    /// [`DecryptFailure::MissingIdentity`](crate::DecryptFailure) naming the
+    /// file). May be given several times. Compressed files need nothing.
+    /// Default: none.
+    #[cfg(feature = "encryption")]
+    #[must_use]
+    pub fn identity(mut self, identity: crate::encryption::Identity) -> Self {
+        self.identities.push(identity);
+        self
+    }
+
     /// The poll interval.
     pub fn poll_interval(&self) -> Duration {
         self.interval
+    }
+
+    /// The restore options a replica reads its store with.
+    fn restore(&self, store: Arc<dyn BackupStore>) -> Restore {
+        #[cfg_attr(not(feature = "encryption"), allow(unused_mut))]
+        let mut restore = Restore::new(store)
+            .stop_at_last_consistent(true)
+            .allow_unverified(self.allow_unverified);
+        #[cfg(feature = "encryption")]
+        {
+            restore = restore.identities(self.identities.iter().cloned());
+        }
+        restore
     }
 }
 
@@ -196,9 +227,7 @@ impl Replica {
                 "the replica poll interval must be greater than zero".into(),
             ));
         }
-        let opts = Restore::new(Arc::clone(&store))
-            .stop_at_last_consistent(true)
-            .allow_unverified(options.allow_unverified);
+        let opts = options.restore(Arc::clone(&store));
         let (db, pos) = match opts.run().await {
             Ok(restored) => (restored.db.clone(), Position::of(&restored)),
             Err(Error::NoBackup(_)) => (DictDB::new(), None),

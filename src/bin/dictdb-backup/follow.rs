@@ -303,7 +303,11 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         return Err(CliError::usage("--interval must be greater than zero"));
     }
     let store = store::open(Path::new(&req.store))?;
-    let replica = Replica::follow(store, ReplicaOptions::default().interval(req.interval)).await?;
+    let replica = Replica::follow(
+        store,
+        crate::keys::replica(ReplicaOptions::default().interval(req.interval)),
+    )
+    .await?;
     let status = replica.status();
     out.line(&following(&status))?;
     if req.once {
