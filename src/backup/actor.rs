@@ -483,6 +483,7 @@ impl Actor {
             diff_from,
             base: self.base.clone(),
             sealing: self.config.sealing.clone(),
+            token: self.lock.as_ref().and_then(WriterLock::fencing_token),
         };
         let store = Arc::clone(&self.store);
         let span = tracing::info_span!("backup", %kind, file = %name, seq);
@@ -668,6 +669,9 @@ struct Job {
     base: Option<String>,
     /// Compression and encryption.
     sealing: Sealing,
+    /// The fencing token of the store's single-writer lease, written into
+    /// the file's metadata.
+    token: Option<u64>,
 }
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice 10 on
@@ -841,6 +845,7 @@ async fn write_job(
                 &Doc::Full {
                     snapshot: &job.snapshot,
                     name: Some(&target),
+                    token: job.token,
                 },
                 &mut emit,
                 Some(&idle),
@@ -864,6 +869,7 @@ async fn write_job(
                         changes: &changes,
                         link: &link,
                         name: &target,
+                        token: job.token,
                     },
                     &mut emit,
                     None,

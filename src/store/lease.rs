@@ -58,6 +58,9 @@ struct Body {
     /// Set when the holder gave the lease up.
     #[serde(default)]
     released: bool,
+    /// The fencing token of this holding (0: a lease written before tokens).
+    #[serde(default)]
+    token: u64,
 }
 
 impl Body {
@@ -103,6 +106,8 @@ struct Held {
     valid_until: Instant,
     /// Set when another writer took the lease: who.
     lost: Option<String>,
+    /// The fencing token of this holding.
+    token: u64,
 }
 
 impl Slot {
@@ -148,20 +153,30 @@ impl Lease {
         }
     }
 
-    fn body(&self, released: bool) -> PutPayload {
+    fn body(&self, released: bool, token: u64) -> PutPayload {
         let body = Body {
             holder: me(),
             ttl_ms: ms(self.ttl),
             renewed_unix_ms: unix_ms(SystemTime::now()),
             released,
+            token,
         };
         PutPayload::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    async fn put(&self, released: bool, mode: PutMode) -> object_store::Result<UpdateVersion> {
+    async fn put(
+        &self,
+        released: bool,
+        token: u64,
+        mode: PutMode,
+    ) -> object_store::Result<UpdateVersion> {
         let r = self
             .store
-            .put_opts(&self.path, self.body(released), PutOptions::from(mode))
+            .put_opts(
+                &self.path,
+                self.body(released, token),
+                PutOptions::from(mode),
+            )
             .await?;
         Ok(UpdateVersion {
             e_tag: r.e_tag,
@@ -169,12 +184,18 @@ impl Lease {
         })
     }
 
-    fn hold(&self, version: UpdateVersion, sent: Instant) {
+    fn hold(&self, version: UpdateVersion, sent: Instant, token: u64) {
         self.slot.set(Some(Held {
             version,
             valid_until: sent + self.ttl,
             lost: None,
+            token,
         }));
+    }
+
+    /// The fencing token of the lease this store holds, if any.
+    pub(crate) fn token(&self) -> Option<u64> {
+        self.slot.get().map(|h| h.token)
     }
 
     fn locked(&self, holder: String) -> Error {
@@ -189,8 +210,12 @@ impl Lease {
     pub(crate) async fn acquire(&self) -> Result<bool> {
         for _ in 0..3 {
             let sent = Instant::now();
-            match self.put(false, PutMode::Create).await {
-                Ok(version) => return self.probe(version, sent).await,
+            // A new lease object: the wall clock in milliseconds, above the
+            // tokens of earlier leases on the prefix (each the clock at its
+            // creation plus one per takeover) unless clocks went back.
+            let token = unix_ms(SystemTime::now()).max(1);
+            match self.put(false, token, PutMode::Create).await {
+                Ok(version) => return self.probe(version, sent, token).await,
                 Err(object_store::Error::NotImplemented { .. }) => return Ok(self.unsupported()),
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => return Err(self.error(&e)),
@@ -208,7 +233,15 @@ impl Lease {
             let modified = unix_ms(SystemTime::from(got.meta.last_modified));
             let bytes = got.bytes().await.map_err(|e| self.error(&e))?;
             let now = unix_ms(SystemTime::now());
-            let (free, holder) = match serde_json::from_slice::<Body>(&bytes) {
+            let body = serde_json::from_slice::<Body>(&bytes).ok();
+            // The previous holder's token plus one (or the wall clock, if
+            // that is larger: a lease of an older version has token 0).
+            let token = body
+                .as_ref()
+                .map_or(0, |b| b.token)
+                .saturating_add(1)
+                .max(now);
+            let (free, holder) = match body.ok_or(()) {
                 Ok(b) if b.released => (true, b.holder),
                 Ok(b) => {
                     let at = b.takeover_at_ms();
@@ -240,12 +273,12 @@ impl Lease {
                 return Err(self.locked(holder));
             }
             let sent = Instant::now();
-            match self.put(false, PutMode::Update(seen)).await {
+            match self.put(false, token, PutMode::Update(seen)).await {
                 Ok(version) => {
                     if !holder.is_empty() {
-                        tracing::info!(previous = %holder, store = %self.location, "took over an expired or released single-writer lease");
+                        tracing::info!(previous = %holder, store = %self.location, token, "took over an expired or released single-writer lease");
                     }
-                    return self.probe(version, sent).await;
+                    return self.probe(version, sent, token).await;
                 }
                 // Another writer took it first.
                 Err(object_store::Error::Precondition { .. }) => continue,
@@ -259,12 +292,12 @@ impl Lease {
     /// After creating the lease: renews it once, so a server that creates
     /// conditionally but cannot update (a local file system through
     /// object_store) is found out now rather than when the lease expires.
-    async fn probe(&self, version: UpdateVersion, sent: Instant) -> Result<bool> {
-        self.hold(version.clone(), sent);
+    async fn probe(&self, version: UpdateVersion, sent: Instant, token: u64) -> Result<bool> {
+        self.hold(version.clone(), sent, token);
         let sent = Instant::now();
-        match self.put(false, PutMode::Update(version)).await {
+        match self.put(false, token, PutMode::Update(version)).await {
             Ok(v) => {
-                self.hold(v, sent);
+                self.hold(v, sent, token);
                 Ok(true)
             }
             Err(object_store::Error::NotImplemented { .. }) => {
@@ -299,9 +332,12 @@ impl Lease {
             return Ok(());
         }
         let sent = Instant::now();
-        let e = match self.put(false, PutMode::Update(held.version.clone())).await {
+        let e = match self
+            .put(false, held.token, PutMode::Update(held.version.clone()))
+            .await
+        {
             Ok(v) => {
-                self.hold(v, sent);
+                self.hold(v, sent, held.token);
                 return Ok(());
             }
             Err(e) => e,
@@ -312,10 +348,11 @@ impl Lease {
         // S3 answers a missing object with a failed precondition too.
         match self.store.head(&self.path).await {
             Err(object_store::Error::NotFound { .. }) => {
+                // Recreated by its holder: the same holding, the same token.
                 let sent = Instant::now();
-                match self.put(false, PutMode::Create).await {
+                match self.put(false, held.token, PutMode::Create).await {
                     Ok(v) => {
-                        self.hold(v, sent);
+                        self.hold(v, sent, held.token);
                         Ok(())
                     }
                     Err(object_store::Error::AlreadyExists { .. }) => self.lose().await,
@@ -380,7 +417,10 @@ impl Lease {
         if held.lost.is_some() {
             return;
         }
-        if let Err(e) = self.put(true, PutMode::Update(held.version)).await {
+        if let Err(e) = self
+            .put(true, held.token, PutMode::Update(held.version))
+            .await
+        {
             warn!(store = %self.location, cause = %e, "could not release the single-writer lease: it expires by itself");
         }
     }
@@ -416,11 +456,15 @@ impl Lease {
             renewer,
         };
         let release = self.clone();
-        Ok(Some(WriterLock::with_release(
+        let lock = WriterLock::with_release(
             self.display(),
             guard,
             Box::new(move || Box::pin(async move { release.release().await })),
-        )))
+        );
+        Ok(Some(match self.token() {
+            Some(token) => lock.with_fencing_token(token),
+            None => lock,
+        }))
     }
 }
 

@@ -38,12 +38,14 @@ pub struct WriterLock {
     description: String,
     _guard: Box<dyn Any + Send + Sync>,
     release: Option<Release>,
+    token: Option<u64>,
 }
 
 impl fmt::Debug for WriterLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriterLock")
             .field("lock", &self.description)
+            .field("fencing_token", &self.token)
             .finish()
     }
 }
@@ -56,7 +58,27 @@ impl WriterLock {
             description: description.into(),
             _guard: Box::new(guard),
             release: None,
+            token: None,
         }
+    }
+
+    /// This lock with a fencing token: a number that grows with each
+    /// acquisition of the store's lock by any writer. A manager writes it
+    /// into every backup file's metadata; restore and verify refuse a chain
+    /// whose files carry two different tokens, and a manager whose token
+    /// differs from the one of the chain it finds starts a new chain with a
+    /// full backup. An object-store lease has one; a directory's lock file
+    /// has none (the kernel's lock needs no fencing).
+    #[must_use]
+    pub fn with_fencing_token(mut self, token: u64) -> WriterLock {
+        self.token = Some(token);
+        self
+    }
+
+    /// The fencing token, if the lock has one (see
+    /// [`with_fencing_token`](Self::with_fencing_token)).
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.token
     }
 
     /// A lock given up by a request (an object-store lease): `release` runs

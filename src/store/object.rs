@@ -1076,12 +1076,15 @@ mod tests {
         // The lease is not a backup file.
         assert!(first.list().await.unwrap().is_empty());
         write(&first, "a.json", &[b"{}".to_vec()]).await.unwrap();
+        let token = lock.fencing_token().expect("a lease has a fencing token");
         lock.release().await;
         let lock = second
             .lock_writer()
             .await
             .unwrap()
             .expect("released: free at once");
+        // Each holding has its own token, larger than the one before.
+        assert!(lock.fencing_token().unwrap() > token);
         // The first store gave its lease up: it checks nothing any more,
         // the second holds it.
         write(&second, "b.json", &[b"{}".to_vec()]).await.unwrap();
