@@ -56,6 +56,10 @@ impl Position {
                 has_seq: base_file.seq.is_some(),
                 seq: r.seq,
                 verified: r.verified,
+                token: r
+                    .applied
+                    .iter()
+                    .find_map(|f| f.fencing_token.map(|t| (t, f.name.clone()))),
             },
             base: BackupName::parse(&base_file.name)?,
             last: BackupName::parse(&last_file.name)?,
@@ -337,7 +341,7 @@ impl Follower {
         let Some(pos) = self.pos.as_mut() else {
             return Ok(());
         };
-        pos.cursor.advance(&d.header, &d.integrity);
+        pos.cursor.advance(e, &d.header, &d.integrity);
         pos.chain.push(planned.clone());
         pos.affected.push(affected);
         pos.last = e.name.clone();

@@ -241,7 +241,7 @@ pub(crate) async fn load(
                 if let (Some(f), Some(seen)) = (observe.as_mut(), seen) {
                     f(*i, seen);
                 }
-                cursor.advance(&h, &integrity);
+                cursor.advance(e, &h, &integrity);
                 applied.push(planned(e, &h));
                 affected.push(n);
             }

@@ -53,6 +53,10 @@ pub struct PlannedFile {
     pub seq: Option<(u64, u64)>,
     /// Size in bytes.
     pub size: u64,
+    /// The fencing token of the single-writer lease its writer held
+    /// (object storage), when it records one. All the files of a chain
+    /// carry the same token: restore refuses a chain with two.
+    pub fencing_token: Option<u64>,
 }
 
 /// Why a lenient restore passed over or stopped at a file.
