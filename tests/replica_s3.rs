@@ -358,12 +358,14 @@ async fn a_replica_follows_a_writer_process_and_takes_over_after_sigkill() {
     for k in seq + 1..=seq + 500 {
         apply(&t, k);
     }
-    let delta = promoted.manager.backup_delta().await.unwrap();
-    let delta = delta.info().unwrap().clone();
+    // A new lease holding (a new fencing token): its first backup is a full
+    // one, starting a chain of its own, so no chain carries two tokens.
+    let first = promoted.manager.backup_now().await.unwrap();
+    let first = first.info().unwrap().clone();
     assert_eq!(
-        (delta.kind, delta.from_seq),
-        (dictdb::BackupKind::Delta, Some(seq)),
-        "the chain continues from the replica's cut"
+        (first.kind, first.seq),
+        (dictdb::BackupKind::Full, seq + 500),
+        "a new writer begins with a full backup"
     );
     for k in seq + 501..=seq + 600 {
         apply(&t, k);
@@ -375,14 +377,32 @@ async fn a_replica_follows_a_writer_process_and_takes_over_after_sigkill() {
         .unwrap();
     assert_eq!(last.seq, seq + 600);
 
-    // The dead writer's chain and the promoted writer's delta restore as one.
-    let continued = Restore::new(store(&url))
-        .until_seq(delta.seq)
+    // The dead writer's chain still restores up to its last cut, and the
+    // promoted writer's full backup holds everything before it.
+    let old = Restore::new(store(&url))
+        .until_seq(seq)
         .run()
         .await
         .unwrap();
-    assert_eq!(continued.applied.last().unwrap().name, delta.file);
-    assert_eq!(state(&continued.db), (delta.seq, replay(delta.seq)));
+    assert_eq!(state(&old.db), (seq, replay(seq)));
+    let until_first = Restore::new(store(&url))
+        .until_seq(first.seq)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(until_first.applied[0].name, first.file);
+    assert_eq!(state(&until_first.db), (first.seq, replay(first.seq)));
+    let tokens: Vec<Option<u64>> = old
+        .applied
+        .iter()
+        .chain(&until_first.applied)
+        .map(|f| f.fencing_token)
+        .collect();
+    assert!(tokens.iter().all(Option::is_some), "{tokens:?}");
+    assert!(
+        tokens.first() < tokens.last(),
+        "the new holder's token is larger: {tokens:?}"
+    );
 
     // Nothing acknowledged is lost, by either writer.
     let restored = Restore::new(store(&url)).run().await.unwrap();

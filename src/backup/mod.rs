@@ -283,7 +283,15 @@ impl BackupManager {
         lock: Option<WriterLock>,
         restored: Option<Restored>,
     ) -> Resumed {
+        let token = lock.as_ref().and_then(WriterLock::fencing_token);
         let resume = match &restored {
+            // A writer holding a lease continues only a chain written under
+            // its own holding (its fencing token): a new holder (another
+            // process, a promoted replica, this service restarted) begins
+            // with a full backup, so no chain ever carries two tokens.
+            Some(r) if token.is_some() && r.applied.iter().any(|f| f.fencing_token != token) => {
+                None
+            }
             Some(r) => {
                 let resume = match (r.seq, r.applied.first()) {
                     // Files without sequence numbers (the Python original's)
