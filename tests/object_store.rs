@@ -830,6 +830,15 @@ async fn a_second_writer_fails_to_start_and_the_next_holder_begins_a_chain_of_it
             other => panic!("a second writer started: {other:?}"),
         }
     }
+    // Nor does `dictdb-backup prune` delete under the live writer (a dry
+    // run only reads, and runs).
+    let url = format!("s3://{bucket}/svc");
+    let prune = cli(&ep, &["prune", &url, "--keep-last", "1"]);
+    let said = String::from_utf8_lossy(&prune.stderr).to_string();
+    assert!(!prune.status.success(), "prune ran under a live writer");
+    assert!(said.contains("pid") && said.contains("prune"), "{said}");
+    let dry = cli(&ep, &["prune", &url, "--keep-last", "1", "--dry-run"]);
+    assert!(dry.status.success());
     first.manager.stop().await.unwrap();
 
     // The next holder restores, and writes a full backup first: a new token.

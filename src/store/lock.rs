@@ -98,7 +98,7 @@ impl WriterLock {
     /// Gives the lock up and waits (at most a few seconds) until the store
     /// confirms, so a writer started right after finds it free. Dropping
     /// the lock releases it too, without waiting.
-    pub(crate) async fn release(mut self) {
+    pub async fn release(mut self) {
         if let Some(release) = self.release.take() {
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, release()).await;
         }
