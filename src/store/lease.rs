@@ -21,13 +21,18 @@
 //!   marks the lease released, with the same conditional `PUT`; the next
 //!   writer takes a released lease at once. A writer killed without release
 //!   leaves it to expire: the next writer waits up to `1.5 × ttl`.
+//! - **Fencing.** Each acquisition gets a token: the previous holder's
+//!   token plus one, or the wall clock in milliseconds if that is larger (a
+//!   new lease object, or a lease written before tokens). Renewals, and a
+//!   holder recreating a lease that vanished, keep it. A manager writes it
+//!   into each file's metadata and continues only chains written under it;
+//!   restore refuses a chain with two tokens.
 //! - **Not prevented:** a writer paused (or cut off) for longer than `ttl`
 //!   between its last check and the request it was about to send (one
 //!   `PUT`, or the completion of one multipart upload) can still land that
 //!   one file; clocks further apart than `ttl / 2`; anything that writes to
-//!   the prefix without taking the lease (`dictdb-backup prune`, another
-//!   tool); servers without conditional `PUT`s (then no lease is taken, and
-//!   a warning says so).
+//!   the prefix without taking the lease (another tool); servers without
+//!   conditional `PUT`s (then no lease is taken, and a warning says so).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -269,10 +269,16 @@ impl ObjectStoreOptions {
 /// it at once); one killed leaves it to expire: 1.5 × the time to live
 /// after its last renewal, by the taker's clock.
 ///
+/// Each acquisition gets a fencing token
+/// ([`WriterLock::fencing_token`]) larger than every earlier one on the
+/// prefix; the manager records it in every file it writes, begins with a
+/// full backup (it never continues a chain written under another token),
+/// and restore and verify refuse a chain whose files carry two tokens.
+///
 /// Not prevented: a writer paused for longer than the time to live between
 /// its last check and the request it was about to send can still land that
-/// one file; clocks further apart than half the time to live; tools that
-/// write without a lease (`dictdb-backup prune`); servers without
+/// one file (under its old token); clocks further apart than half the time
+/// to live; tools that write without the lease; servers without
 /// conditional `PUT` (then no lease is taken, with a warning).
 ///
 /// # Examples
