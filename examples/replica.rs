@@ -7,10 +7,12 @@
 //! The writer inserts and updates records all the time and backs up every
 //! 200 ms (a full backup after every four deltas). The reader follows the
 //! backup directory (in a real deployment: another process, another
-//! machine, an S3 bucket), polling every 100 ms, and prints, four times a
-//! second, the writer's sequence number, the cut the reader serves, and how
-//! far behind it is. At the end the writer stops and the reader is promoted
-//! to writer.
+//! machine, an S3 bucket), polling every 100 ms, and prints, about three
+//! times a second, the writer's sequence number, the cut the reader serves,
+//! how many changes of the writer it does not serve yet (what the writer has
+//! not backed up, plus at most one poll), and its lag behind the newest file
+//! of the store (files, changes, time). At the end the writer shuts down
+//! (writing a final backup) and the reader is promoted to writer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,8 +68,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     println!(
-        "{:>6}  {:>10}  {:>10}  {:>8}  {:>8}  {:>8}",
-        "ms", "writer seq", "reader seq", "files", "changes", "behind"
+        "{:>6}  {:>10}  {:>10}  {:>13}  {:>11}  {:>13}  {:>11}",
+        "ms",
+        "writer seq",
+        "reader seq",
+        "behind writer",
+        "store files",
+        "store changes",
+        "store time"
     );
     let start = tokio::time::Instant::now();
     let mut i = 0i64;
@@ -82,11 +90,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if i % 1250 == 0 {
             let s = reader.status();
+            let (w, r) = (db.seq(), reader.db().seq());
             println!(
-                "{:>6}  {:>10}  {:>10}  {:>8}  {:>8}  {:>7.0}ms",
+                "{:>6}  {:>10}  {:>10}  {:>13}  {:>11}  {:>13}  {:>9.0}ms",
                 start.elapsed().as_millis(),
-                db.seq(),
-                reader.db().seq(),
+                w,
+                r,
+                w.saturating_sub(r),
                 s.lag.files,
                 s.lag.seq.map_or("-".into(), |n| n.to_string()),
                 s.lag.behind.as_secs_f64() * 1e3
@@ -98,8 +108,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let refused = reader.db().table("users")?.insert(json!({"name": "x"}));
     println!("a write through the reader: {}", refused.unwrap_err());
 
-    // The writer stops; the reader catches up and becomes the writer.
-    writer.manager.stop().await?;
+    // The writer shuts down (a final backup); the reader catches up and
+    // becomes the writer.
+    writer.manager.shutdown(Duration::from_secs(10)).await?;
     let promoted = reader.promote(config()).await?;
     println!(
         "promoted the reader at sequence {} (the writer was at {}): {} records",
