@@ -416,3 +416,76 @@ async fn a_replica_follows_a_writer_process_and_takes_over_after_sigkill() {
     );
     assert!(test_started.elapsed() < Duration::from_secs(50));
 }
+
+/// A damaged delta in the bucket stops the follower at the cut before it,
+/// with an error naming the file; the writer's next full backup repairs
+/// the store and the follower moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_delta_in_the_bucket_stops_the_replica_until_the_next_full_backup() {
+    let Some(ep) = endpoint() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "a_damaged_delta_in_the_bucket_stops_the_replica: skipped: \
+             DICTDB_S3_ENDPOINT not set (source .ci/s3-server.sh)"
+        );
+        return;
+    };
+    let bucket = format!("{}-damaged", unique_bucket());
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "--max-time", "10", "-X", "PUT"])
+        .arg(format!("{ep}/{bucket}"))
+        .output()
+        .expect("curl creates the test bucket");
+    assert!(out.status.success());
+    let url = format!("s3://{bucket}/service");
+    let db = DictDB::new();
+    let t = db.create_table("t").unwrap();
+    let m = BackupManager::start(
+        &db,
+        BackupConfig::with_store(store(&url))
+            .incremental(true)
+            .backup_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    t.insert(json!({"v": 1})).unwrap();
+    m.backup_full().await.unwrap();
+    let replica = Replica::follow(
+        store(&url),
+        ReplicaOptions::default().interval(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    t.insert(json!({"v": 2})).unwrap();
+    let d1 = m.backup_delta().await.unwrap().info().unwrap().clone();
+    t.insert(json!({"v": 3})).unwrap();
+    let d2 = m.backup_delta().await.unwrap().info().unwrap().clone();
+
+    // Damage the second delta in the bucket: one byte flipped mid-file.
+    let s = store(&url);
+    let mut bytes = s.read(&d2.file).await.unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    s.delete(&d2.file).await.unwrap();
+    let mut w = s.create(&d2.file).await.unwrap();
+    w.write(bytes).await.unwrap();
+    w.commit().await.unwrap();
+
+    let err = replica.sync().await.unwrap_err();
+    assert!(err.to_string().contains(&d2.file), "{err}");
+    assert_eq!(replica.db().seq(), d1.seq, "stopped at the cut before it");
+    assert_eq!(replica.db().table("t").unwrap().len().unwrap(), 2);
+    let problem = replica.status().problem.expect("a problem");
+    assert_eq!(problem.file.as_deref(), Some(d2.file.as_str()));
+
+    // The writer's next full backup repairs the store.
+    t.insert(json!({"v": 4})).unwrap();
+    let full = m.backup_full().await.unwrap();
+    let status = replica.sync().await.unwrap();
+    assert!(status.problem.is_none());
+    assert_eq!(status.cut.unwrap().file, full.file);
+    assert_eq!(replica.db().seq(), db.seq());
+    assert_eq!(replica.db().table("t").unwrap().len().unwrap(), 4);
+    m.stop().await.unwrap();
+    replica.stop().await.unwrap();
+}
