@@ -215,6 +215,12 @@ impl BackupManager {
     /// backup (litestream's `restore -if-replica-exists` followed by
     /// `replicate`). The recommended way to start a service.
     ///
+    /// On object storage the manager holds a new lease, whose fencing token
+    /// differs from the one the restored chain was written under: its first
+    /// backup is then a full one that starts a chain of its own (a chain
+    /// never carries two writers' tokens; see
+    /// [`WriterLock::fencing_token`](crate::store::WriterLock::fencing_token)).
+    ///
     /// The lock is taken before the store is read, so no other manager can
     /// write between the restore and the start. A chain that cannot be
     /// restored (a damaged or missing link) is an error: nothing is started

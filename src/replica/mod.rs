@@ -350,9 +350,10 @@ impl Replica {
     /// Makes this replica the writer of its store: stops following and
     /// starts a [`BackupManager`] on the replica's database that continues
     /// the chain from the replica's cut, through the same code as
-    /// [`BackupManager::restore_or_start`] (in incremental mode its next
-    /// backup is a delta on the chain's full backup, which restore
-    /// accepts). The database becomes writable.
+    /// [`BackupManager::restore_or_start`] (in incremental mode, on a
+    /// directory, its next backup is a delta on the chain's full backup,
+    /// which restore accepts; on object storage a full backup, see step 3).
+    /// The database becomes writable.
     ///
     /// `config` must write to the store the replica follows. In order:
     ///
@@ -366,7 +367,8 @@ impl Replica {
     ///    it and fork the chain), this fails with that error, the lock is
     ///    released and the replica goes on following;
     /// 3. the manager starts, exactly as `restore_or_start` would have after
-    ///    restoring the same chain.
+    ///    restoring the same chain (on object storage, under a new lease
+    ///    fencing token, so its first backup is full).
     ///
     /// # Examples
     ///
