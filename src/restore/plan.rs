@@ -27,6 +27,7 @@ pub(crate) fn planned(e: &Entry, h: &Header) -> PlannedFile {
         timestamp: e.name.timestamp(),
         seq: h.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq)),
         size: e.file.size,
+        fencing_token: h.meta.as_ref().and_then(|m| m.fencing_token),
     }
 }
 
@@ -247,6 +248,7 @@ async fn chain_from(
         if let Some(m) = &h.meta {
             cursor.seq = Some(m.seq);
         }
+        cursor.note_token(e, &h);
         deltas.push((j, h));
         last = j;
     }

@@ -90,6 +90,25 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         ));
     }
     let store = store::open(&req.store)?;
+    // Deleting is writing: prune takes the store's single-writer lock (the
+    // lock file of a directory, the lease of a prefix) for as long as it
+    // plans and deletes, so it never deletes under a live writer, whose own
+    // retention (BackupConfig::retention) is the way to prune a store in
+    // use. A dry run reads only.
+    let lock = if req.dry_run {
+        None
+    } else {
+        store.lock_writer().await.map_err(|e| match e {
+            dictdb::Error::Locked { location, holder } => CliError::from(dictdb::Error::Locked {
+                location,
+                holder: format!(
+                    "{holder}; prune deletes only while no writer holds the store: stop the \
+                     service, or give its BackupManager a retention policy"
+                ),
+            }),
+            e => CliError::from(e),
+        })?
+    };
     let listing = store.list_all().await?;
     let plan = policy.plan(&listing.files, SystemTime::now());
     let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
@@ -108,6 +127,9 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
             error: f.error.to_string(),
             file: f.file,
         });
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
     }
     out.report(&report)?;
     match &report.failed {
