@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dictdb::replica::{Replica, ReplicaEvent, ReplicaOptions};
 use dictdb::{
     restore_dir, BackupConfig, BackupEvent, BackupManager, Compression, DictDB, FileFormat,
     LocalStore, Table,
@@ -540,6 +541,41 @@ async fn main() {
         }
         put("restore_json_zstd_s", median(times));
     }
+    // --- a read replica applying one 1% delta ------------------------------
+    {
+        let dir = fresh_dir(&args.dir, "replica");
+        let m = incremental_manager(&db, &dir).await;
+        m.backup_full().await.unwrap();
+        let store: Arc<dyn dictdb::BackupStore> =
+            Arc::new(dictdb::LocalStore::open(&dir).expect("replica store"));
+        // Polls only when asked: each sync is one poll that finds one delta.
+        let replica = Replica::follow(
+            store,
+            ReplicaOptions::default().interval(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let mut events = replica.subscribe();
+        let (mut times, mut blocked) = (Vec::new(), Vec::new());
+        for rep in 0..reps {
+            changes.apply(&users, 300 + rep);
+            m.backup_delta().await.unwrap();
+            let t = Instant::now();
+            replica.sync().await.unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(replica.db().seq(), db.seq(), "the replica reached the cut");
+            while let Ok(e) = events.try_recv() {
+                if let ReplicaEvent::Applied(a) = e {
+                    blocked.push(a.blocked.as_secs_f64() * 1e6);
+                }
+            }
+        }
+        m.stop().await.unwrap();
+        replica.stop().await.unwrap();
+        put("replica_apply_1pct_s", median(times));
+        // How long the swap held the database lock: what a reader waited.
+        put("replica_swap_us", median(blocked));
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
 
     // --- report ---------------------------------------------------------------
@@ -610,6 +646,8 @@ async fn main() {
         ),
         ("limit_parse_json_s", String::new()),
         ("rss_bytes_per_record", "target <= 220".into()),
+        ("replica_apply_1pct_s", "target <= 0.02 s".into()),
+        ("replica_swap_us", "readers blocked, target <= 1 us".into()),
         (
             "full_json_zstd_s",
             format!(

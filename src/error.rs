@@ -239,6 +239,23 @@ pub enum Error {
     #[error("the backup manager's actor panicked: {0}")]
     ManagerPanicked(String),
 
+    /// A write to a read-only database: a [`crate::replica::Replica`]'s
+    /// database changes only by the backups it follows, until it is
+    /// promoted. The message says whose database it is.
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+
+    /// The replica has stopped following its store (stopped, promoted, or
+    /// its task ended); its database stays as it was, read-only.
+    #[error("the replica has stopped following its store")]
+    ReplicaStopped,
+
+    /// [`crate::PreparedChanges::commit`] found that the tables it changes
+    /// (or the database's sequence number) moved since the change set was
+    /// prepared: nothing was changed; prepare it again.
+    #[error("the database changed since the change set was prepared; nothing was applied (prepare it again)")]
+    Conflict,
+
     /// A record that cannot be converted to or from the requested Rust type
     /// (`Table::insert_as`, `Table::get_as`).
     #[error("record {key} of table `{table}` does not convert to the requested type: {message}")]
@@ -429,6 +446,9 @@ impl Clone for Error {
                 detail: detail.clone(),
             },
             Error::ManagerPanicked(s) => Error::ManagerPanicked(s.clone()),
+            Error::ReadOnly(s) => Error::ReadOnly(s.clone()),
+            Error::Conflict => Error::Conflict,
+            Error::ReplicaStopped => Error::ReplicaStopped,
             Error::RecordType {
                 table,
                 key,

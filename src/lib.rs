@@ -65,6 +65,8 @@
 //!   with the `object-store` feature, `ObjectBackupStore` (S3 and friends)
 //!   and `store::open_url`.
 //! - [`restore`]: restoring a backup directory (or any store), verifying it.
+//! - [`replica`]: a read-only [`DictDB`] that follows a store's backups
+//!   ([`replica::Replica::follow`]) and can be promoted to writer.
 //! - [`Error`]: the one error type.
 //!
 //! ## Features
@@ -100,6 +102,7 @@ mod format;
 mod key;
 mod naming;
 mod record;
+pub mod replica;
 pub mod restore;
 pub mod store;
 
@@ -108,8 +111,8 @@ pub use backup::{
     RetentionPlan, RetentionPolicy,
 };
 pub use db::{
-    apply_delta, Change, ChangeSet, DictDB, Mutation, SaveInfo, Snapshot, Table, TableChanges,
-    TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
+    apply_delta, Change, ChangeSet, DictDB, Mutation, PreparedChanges, SaveInfo, Snapshot, Table,
+    TableChanges, TableSnapshot, Upsert, DEFAULT_EVENT_CAPACITY,
 };
 pub use error::{DecryptFailure, Error, Result};
 pub use format::{Compression, FileFormat, Integrity};

@@ -16,7 +16,7 @@ fn help_describes_the_command_each_subcommand_and_the_exit_codes() {
     let help = cli(["--help"]);
     let text = help.ok();
     assert!(
-        text.starts_with("List, verify, restore, inspect, diff and prune the backups"),
+        text.starts_with("List, verify, restore, inspect, diff, prune and follow the backups"),
         "{text}"
     );
     assert!(

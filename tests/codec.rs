@@ -336,6 +336,103 @@ async fn point_in_time_across_a_gap_fails_or_says_what_is_missing() {
     }
 }
 
+/// The first file after a time limit shows that no delta before the limit
+/// is missing; a damaged one shows nothing, even when its header would
+/// link: restore reads it whole before believing it.
+#[tokio::test]
+async fn a_damaged_file_after_the_limit_is_not_believed() {
+    for format in FORMATS {
+        let store = Arc::new(MemStore::default());
+        let names = [
+            full_name(format, 100),
+            delta_name(format, 110),
+            delta_name(format, 120),
+            delta_name(format, 130),
+        ];
+        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
+        store.put(
+            &names[0],
+            full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
+        );
+        store.put(
+            &names[1],
+            delta_doc(format, &names[1], &names[0], 2, 3, &[u(2)]),
+        );
+        // The delta 3..4 at 120 is missing, and the file after it claims
+        // to start at 3 (its header would link) but is damaged.
+        let mut witness = delta_doc(format, &names[3], &names[0], 3, 5, &[u(4)]);
+        let at = witness.iter().rposition(|&b| b == b'x').unwrap();
+        witness[at] = b'y';
+        store.put(&names[3], witness);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(125);
+        let err = Restore::new(store.clone())
+            .until_time(t)
+            .run()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Chain { ref file, .. } if file == &names[3]),
+            "{err}"
+        );
+        // Lenient: the state before it, and says where it stopped.
+        let r = Restore::new(store.clone())
+            .until_time(t)
+            .stop_at_last_consistent(true)
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(r.seq, Some(3));
+        assert_eq!(r.stopped.unwrap().file, names[3]);
+    }
+}
+
+/// Sequence numbers are exact: a restore to a sequence the chain reaches
+/// does not depend on the files after it.
+#[tokio::test]
+async fn until_seq_at_an_exact_cut_ignores_what_follows() {
+    for format in FORMATS {
+        let store = Arc::new(MemStore::default());
+        let names = [
+            full_name(format, 100),
+            delta_name(format, 110),
+            delta_name(format, 120),
+            delta_name(format, 130),
+        ];
+        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
+        store.put(
+            &names[0],
+            full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
+        );
+        store.put(
+            &names[1],
+            delta_doc(format, &names[1], &names[0], 2, 3, &[u(2)]),
+        );
+        store.put(
+            &names[3],
+            delta_doc(format, &names[3], &names[0], 4, 5, &[u(4)]),
+        );
+        // 3..4 is missing: sequence 3 is exact, 4 is not there.
+        let r = Restore::new(store.clone())
+            .until_seq(3)
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(r.seq, Some(3));
+        assert!(r.stopped.is_none());
+        let r = Restore::new(store.clone())
+            .until_seq(2)
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(r.seq, Some(2));
+        assert!(Restore::new(store.clone())
+            .until_seq(4)
+            .run()
+            .await
+            .is_err());
+    }
+}
+
 // -- defect 5 ---------------------------------------------------------------
 
 #[tokio::test]

@@ -779,3 +779,179 @@ async fn encrypted_backups_round_trip_through_the_bucket() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The bucket's writer runs `dictdb-backup` with the server's settings.
+fn cli(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dictdb-backup"))
+        .args(args)
+        .env("AWS_ENDPOINT", endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
+/// The fencing tokens of the files a restore applied.
+fn tokens(r: &dictdb::Restored) -> Vec<Option<u64>> {
+    r.applied.iter().map(|f| f.fencing_token).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_fails_to_start_and_the_next_holder_begins_a_chain_of_its_own() {
+    let Some(ep) = endpoint("a_second_writer_fails_to_start") else {
+        return;
+    };
+    let bucket = unique_bucket("lease");
+    create_bucket(&ep, &bucket);
+    let config = || {
+        BackupConfig::with_store(s3_store(&ep, &bucket, "svc"))
+            .incremental(true)
+            .backup_interval(Duration::from_secs(3600))
+    };
+    let first = BackupManager::restore_or_start(config()).await.unwrap();
+    let t = first.db.create_table("users").unwrap();
+    t.insert(json!({"name": "a"})).unwrap();
+    let full = first.manager.backup_full().await.unwrap();
+    t.insert(json!({"name": "b"})).unwrap();
+    first.manager.backup_delta().await.unwrap();
+
+    // A second writer on the prefix, in either way of starting, fails.
+    let other = DictDB::new();
+    for second in [
+        BackupManager::start(&other, config()).await.err(),
+        BackupManager::restore_or_start(config()).await.err(),
+    ] {
+        match second {
+            Some(Error::Locked { location, holder }) => {
+                assert!(location.contains(&bucket), "{location}");
+                assert!(holder.contains("pid"), "{holder}");
+                assert!(holder.contains("expires"), "{holder}");
+            }
+            other => panic!("a second writer started: {other:?}"),
+        }
+    }
+    // Nor does `dictdb-backup prune` delete under the live writer (a dry
+    // run only reads, and runs).
+    let url = format!("s3://{bucket}/svc");
+    let prune = cli(&ep, &["prune", &url, "--keep-last", "1"]);
+    let said = String::from_utf8_lossy(&prune.stderr).to_string();
+    assert!(!prune.status.success(), "prune ran under a live writer");
+    assert!(said.contains("pid") && said.contains("prune"), "{said}");
+    let dry = cli(&ep, &["prune", &url, "--keep-last", "1", "--dry-run"]);
+    assert!(dry.status.success());
+    first.manager.stop().await.unwrap();
+
+    // The next holder restores, and writes a full backup first: a new token.
+    let next = BackupManager::restore_or_start(config()).await.unwrap();
+    let restored = next.restored.as_ref().unwrap();
+    let old = tokens(restored);
+    assert_eq!(old.len(), 2);
+    assert!(old[0].is_some() && old[0] == old[1], "{old:?}");
+    next.db
+        .table("users")
+        .unwrap()
+        .insert(json!({"name": "c"}))
+        .unwrap();
+    let info = next.manager.backup_now().await.unwrap();
+    let info = info.info().unwrap().clone();
+    assert_eq!(info.kind, BackupKind::Full, "a new holder begins a chain");
+    next.db
+        .table("users")
+        .unwrap()
+        .insert(json!({"name": "d"}))
+        .unwrap();
+    next.manager.backup_now().await.unwrap();
+    next.manager.stop().await.unwrap();
+    let store = s3_store(&ep, &bucket, "svc");
+    let r = assert_restores_to(&store, &next.db).await;
+    let new = tokens(&r);
+    assert_eq!(r.applied[0].name, info.file);
+    assert!(new[0].is_some() && new[0] == new[1], "{new:?}");
+    assert!(new[0] > old[0], "tokens grow: {old:?} then {new:?}");
+    assert_ne!(r.applied[0].name, full.file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_carrying_two_fencing_tokens_is_refused_by_restore_verify_and_the_command() {
+    let Some(ep) = endpoint("a_chain_carrying_two_fencing_tokens_is_refused") else {
+        return;
+    };
+    let bucket = unique_bucket("fence");
+    create_bucket(&ep, &bucket);
+    let store = s3_store(&ep, &bucket, "svc");
+    let db = DictDB::new();
+    let t = db.create_table("users").unwrap();
+    let m = BackupManager::start(
+        &db,
+        BackupConfig::with_store(Arc::clone(&store)).incremental(true),
+    )
+    .await
+    .unwrap();
+    t.insert(json!({"name": "a"})).unwrap();
+    m.backup_full().await.unwrap();
+    t.insert(json!({"name": "b"})).unwrap();
+    let d1 = m.backup_delta().await.unwrap().info().unwrap().clone();
+    t.insert(json!({"name": "c"})).unwrap();
+    let d2 = m.backup_delta().await.unwrap().info().unwrap().clone();
+    m.stop().await.unwrap();
+    assert!(Restore::new(Arc::clone(&store)).run().await.is_ok());
+
+    // By hand: the second delta as another lease holder would have written
+    // it (a different token, a valid checksum).
+    let bytes = store.read(&d2.file).await.unwrap();
+    let body = common::craft::json_body(&bytes);
+    let key = "\"fencing_token\":";
+    let at = body.find(key).expect("the writer recorded its token") + key.len();
+    let digits: String = body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let token: u64 = digits.parse().unwrap();
+    let forged = format!("{}{}{}", &body[..at], token + 1, &body[at + digits.len()..]);
+    store.delete(&d2.file).await.unwrap();
+    let mut w = store.create(&d2.file).await.unwrap();
+    w.write(common::craft::seal_json(&forged)).await.unwrap();
+    w.commit().await.unwrap();
+
+    let e = Restore::new(Arc::clone(&store)).run().await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&d2.file), "{text}");
+    assert!(text.contains("two writers"), "{text}");
+    assert!(text.contains(&(token + 1).to_string()), "{text}");
+    // Lenient: the cut before it, and why.
+    let lenient = Restore::new(Arc::clone(&store))
+        .stop_at_last_consistent(true)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(lenient.seq, Some(d1.seq));
+    assert_eq!(lenient.stopped.unwrap().file, d2.file);
+    let report = verify_store(Arc::clone(&store)).await.unwrap();
+    assert!(!report.is_ok(), "{report:?}");
+    assert!(format!("{report:?}").contains("two writers"), "{report:?}");
+
+    let url = format!("s3://{bucket}/svc");
+    for args in [
+        vec!["verify", url.as_str()],
+        vec!["restore", url.as_str(), "--out"],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.json");
+        let mut args = args.clone();
+        if args[0] == "restore" {
+            args.push(out.to_str().unwrap());
+        }
+        let run = cli(&ep, &args);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(!run.status.success(), "{args:?} succeeded: {all}");
+        assert!(all.contains(&d2.file), "{args:?}: {all}");
+        assert!(!out.exists(), "nothing restored");
+    }
+}

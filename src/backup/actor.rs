@@ -55,7 +55,7 @@ pub(crate) struct Actor {
     shared: Arc<Shared>,
     /// Held for the actor's lifetime: one writer per store. Declared
     /// before `events` so it is released before subscribers see the end.
-    _lock: Option<WriterLock>,
+    lock: Option<WriterLock>,
     /// The only strong sender: the event stream ends with the actor.
     events: broadcast::Sender<BackupEvent>,
     /// The shutdown deadline, once `shutdown` sets one.
@@ -148,7 +148,7 @@ impl Actor {
             shared,
             events,
             deadline,
-            _lock: lock,
+            lock,
             mutations,
             pending: Pending::new(seq),
             in_flight_changes: 0,
@@ -304,6 +304,11 @@ impl Actor {
             }
         }
         info!(store = %self.store.location(), "backup manager stopped");
+        // An object store's lease is given up by a request: waited for, so
+        // a writer started once this one is stopped finds the store free.
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         let shared = Arc::clone(&self.shared);
         // Releases the store lock and closes the event stream before anyone
         // is told the actor has ended.
@@ -564,6 +569,7 @@ impl Actor {
             diff_from,
             base: self.base.clone(),
             sealing: self.config.sealing.clone(),
+            token: self.lock.as_ref().and_then(WriterLock::fencing_token),
         };
         let store = Arc::clone(&self.store);
         let span = tracing::info_span!("backup", %kind, file = %name, seq);
@@ -753,6 +759,9 @@ struct Job {
     base: Option<String>,
     /// Compression and encryption.
     sealing: Sealing,
+    /// The fencing token of the store's single-writer lease, written into
+    /// the file's metadata.
+    token: Option<u64>,
 }
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice 10 on
@@ -926,6 +935,7 @@ async fn write_job(
                 &Doc::Full {
                     snapshot: &job.snapshot,
                     name: Some(&target),
+                    token: job.token,
                 },
                 &mut emit,
                 Some(&idle),
@@ -949,6 +959,7 @@ async fn write_job(
                         changes: &changes,
                         link: &link,
                         name: &target,
+                        token: job.token,
                     },
                     &mut emit,
                     None,

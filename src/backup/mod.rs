@@ -215,6 +215,12 @@ impl BackupManager {
     /// backup (litestream's `restore -if-replica-exists` followed by
     /// `replicate`). The recommended way to start a service.
     ///
+    /// On object storage the manager holds a new lease, whose fencing token
+    /// differs from the one the restored chain was written under: its first
+    /// backup is then a full one that starts a chain of its own (a chain
+    /// never carries two writers' tokens; see
+    /// [`WriterLock::fencing_token`](crate::store::WriterLock::fencing_token)).
+    ///
     /// The lock is taken before the store is read, so no other manager can
     /// write between the restore and the start. A chain that cannot be
     /// restored (a damaged or missing link) is an error: nothing is started
@@ -248,31 +254,70 @@ impl BackupManager {
     /// # }
     /// ```
     pub async fn restore_or_start(config: BackupConfig) -> Result<Resumed> {
+        let (store, lock) = Self::open_for_writing(&config).await?;
+        let restored = match config.restore_of(Arc::clone(&store)).run().await {
+            Ok(restored) => Some(restored),
+            Err(Error::NoBackup(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let db = restored.as_ref().map_or_else(DictDB::new, |r| r.db.clone());
+        Ok(Self::continue_chain(db, store, config, lock, restored))
+    }
+
+    /// Checks the runtime and the configuration, opens the store and takes
+    /// its single-writer lock: the first step of every start that reads the
+    /// store before writing to it ([`restore_or_start`](Self::restore_or_start),
+    /// a replica's promotion), so no other manager can write in between.
+    pub(crate) async fn open_for_writing(
+        config: &BackupConfig,
+    ) -> Result<(Arc<dyn BackupStore>, Option<WriterLock>)> {
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
         let store = config.open()?;
         let lock = store.lock_writer().await?;
-        let (db, resume, restored) = match config.restore_of(Arc::clone(&store)).run().await {
-            Ok(restored) => {
-                let resume = match (restored.seq, restored.applied.first()) {
+        Ok((store, lock))
+    }
+
+    /// Starts a manager on the database a restore (or a replica) reached,
+    /// continuing its chain: in incremental mode the next backup is a delta
+    /// on the chain's full backup, and the delta count goes on from the
+    /// deltas applied. `None`: a new chain (`db` holds no backed-up state).
+    /// The one way `restore_or_start` and `Replica::promote` seed the actor.
+    pub(crate) fn continue_chain(
+        db: DictDB,
+        store: Arc<dyn BackupStore>,
+        config: BackupConfig,
+        lock: Option<WriterLock>,
+        restored: Option<Restored>,
+    ) -> Resumed {
+        let token = lock.as_ref().and_then(WriterLock::fencing_token);
+        let resume = match &restored {
+            // A writer holding a lease continues only a chain written under
+            // its own holding (its fencing token): a new holder (another
+            // process, a promoted replica, this service restarted) begins
+            // with a full backup, so no chain ever carries two tokens.
+            Some(r) if token.is_some() && r.applied.iter().any(|f| f.fencing_token != token) => {
+                None
+            }
+            Some(r) => {
+                let resume = match (r.seq, r.applied.first()) {
                     // Files without sequence numbers (the Python original's)
                     // cannot be continued exactly: the next backup is full.
                     (Some(_), Some(base)) => Some(Resume {
                         base: base.name.clone(),
-                        deltas: u32::try_from(restored.applied.len() - 1).unwrap_or(u32::MAX),
+                        deltas: u32::try_from(r.applied.len() - 1).unwrap_or(u32::MAX),
                     }),
                     _ => None,
                 };
-                (restored.db.clone(), resume, Some(restored))
+                resume
             }
-            Err(Error::NoBackup(_)) => (DictDB::new(), None, None),
-            Err(e) => return Err(e),
+            None => None,
         };
         let manager = Self::spawn(db.clone(), store, config, lock, resume);
-        Ok(Resumed {
+        Resumed {
             db,
             manager,
             restored,
-        })
+        }
     }
 
     fn spawn(

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{validate_table_name, Change, DictDB, TableState};
+use super::{validate_table_name, Change, DictDB, State, TableState};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::record::Record;
@@ -115,6 +116,259 @@ pub(crate) fn record_key(rec: &Record, pk: &str, table: &str) -> std::result::Re
     }
 }
 
+/// Who applies a change set, which decides what may be written and how the
+/// sequence number moves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Writer {
+    /// A caller of [`DictDB::apply`] (restore, `apply_delta`): refused on a
+    /// read-only database; one sequence number per change.
+    User,
+    /// A replica applying one backup file to its read-only database (the
+    /// only writer there). Its changes end at the file's cut: the database's
+    /// sequence number becomes `cut` (when the file records one), as a
+    /// restore's does.
+    Replica {
+        /// The writer's sequence number at the file's cut.
+        cut: Option<u64>,
+    },
+}
+
+/// Applies of one change set that found the database changed under them
+/// before the last round stages under the lock (which always succeeds).
+const OPTIMISTIC_ROUNDS: usize = 4;
+
+/// A change set staged against a database by [`DictDB::prepare`]: every
+/// change worked out on O(1) copies of the tables it touches, without the
+/// database lock. [`commit`](Self::commit) then takes the lock for O(tables)
+/// — a check that nothing moved and a swap of table roots — so readers and
+/// writers wait for about a pointer swap, whatever the number of changes.
+///
+/// # Examples
+///
+/// ```
+/// use dictdb::DictDB;
+/// use serde_json::json;
+///
+/// let db = DictDB::new();
+/// let users = db.create_table("users")?;
+/// users.insert(json!({"name": "Ada"}))?;
+/// let before = db.snapshot();
+/// users.insert(json!({"name": "Grace"}))?;
+/// let changes = before.changes_to(&db.snapshot());
+///
+/// let replica = DictDB::new();
+/// replica.create_table("users")?.insert(json!({"name": "Ada"}))?;
+/// let prepared = replica.prepare(&changes)?;   // the work, off the lock
+/// assert_eq!(prepared.affected(), 1);
+/// assert_eq!(prepared.commit()?, 1);           // the swap
+/// assert_eq!(replica.table("users")?.len()?, 2);
+/// # Ok::<(), dictdb::Error>(())
+/// ```
+#[must_use = "nothing changes until the prepared changes are committed"]
+pub struct PreparedChanges {
+    db: DictDB,
+    writer: Writer,
+    seen: Seen,
+    staged: Staged,
+}
+
+impl fmt::Debug for PreparedChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedChanges")
+            .field("seq", &self.seen.seq)
+            .field("tables", &self.staged.tables.keys().collect::<Vec<_>>())
+            .field("affected", &self.staged.affected)
+            .finish()
+    }
+}
+
+/// The tables a change set touches, as they stood when it was staged.
+struct Seen {
+    seq: u64,
+    /// Every touched table that existed: an O(1) copy (persistent maps).
+    tables: BTreeMap<Arc<str>, TableState>,
+    /// Every touched name, existing or not.
+    names: Vec<Arc<str>>,
+}
+
+impl Seen {
+    /// Takes O(1) copies of the tables `changes` touches (under the lock).
+    fn take(st: &State, changes: &ChangeSet) -> Seen {
+        let mut names: Vec<Arc<str>> = changes
+            .dropped
+            .iter()
+            .chain(changes.created.keys())
+            .chain(changes.tables.iter().map(|t| &t.name))
+            .chain(changes.next_keys.keys())
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let tables = names
+            .iter()
+            .filter_map(|n| st.tables.get(n).map(|t| (Arc::clone(n), t.clone())))
+            .collect();
+        Seen {
+            seq: st.seq,
+            tables,
+            names,
+        }
+    }
+
+    /// Whether `st` still holds exactly what was seen: the same sequence
+    /// number, and each touched table the same incarnation with the same
+    /// records (a pointer comparison), key field and key counter. O(tables).
+    fn still(&self, st: &State) -> bool {
+        st.seq == self.seq
+            && self
+                .names
+                .iter()
+                .all(|n| match (self.tables.get(n), st.tables.get(n)) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => {
+                        a.incarnation == b.incarnation
+                            && a.records.ptr_eq(&b.records)
+                            && a.next_id == b.next_id
+                            && Arc::ptr_eq(&a.primary_key, &b.primary_key)
+                    }
+                    _ => false,
+                })
+    }
+}
+
+/// Every change of a set, worked out on copies of the tables.
+struct Staged {
+    /// Whether `events` holds the record changes (else nobody subscribed).
+    with_events: bool,
+    /// Tables the set drops (removed first, when they exist).
+    dropped: Vec<Arc<str>>,
+    /// Tables the set creates, with their key field (replacing any table of
+    /// that name).
+    created: Vec<(Arc<str>, Arc<str>)>,
+    /// The final state of each table the set writes (created or changed);
+    /// dropped tables are removed by name at commit.
+    tables: BTreeMap<Arc<str>, TableState>,
+    /// One event per record change, in order.
+    events: Vec<(Arc<str>, Change)>,
+    affected: usize,
+}
+
+/// Works out every change of `changes` against `base` (the touched tables
+/// as they stand), without touching the database. `file` names errors.
+///
+/// `with_events`: build the record change events (skipped while nobody
+/// subscribes: a commit that then finds a subscriber stages again).
+fn stage(
+    changes: &ChangeSet,
+    file: &str,
+    base: &BTreeMap<Arc<str>, TableState>,
+    with_events: bool,
+) -> Result<Staged> {
+    // `None`: dropped by the set (and not created again).
+    let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
+    for name in &changes.dropped {
+        if base.contains_key(name) {
+            staged.insert(Arc::clone(name), None);
+        }
+    }
+    for (name, pk) in &changes.created {
+        staged.insert(Arc::clone(name), Some(TableState::new(0, Arc::clone(pk))));
+    }
+    let mut affected = 0usize;
+    let mut events: Vec<(Arc<str>, Change)> =
+        Vec::with_capacity(if with_events { changes.len() } else { 0 });
+    for t in &changes.tables {
+        let name = &t.name;
+        let mut table = match staged.get(name) {
+            Some(Some(s)) => s.clone(),
+            Some(None) => {
+                return Err(Error::corrupt(
+                    file,
+                    format!("changes table `{name}`, which it also drops"),
+                ))
+            }
+            None => base.get(name).cloned().ok_or_else(|| {
+                Error::corrupt(
+                    file,
+                    format!(
+                        "changes table `{name}`, which does not exist and which it does not \
+                         create (is a delta missing from the chain?)"
+                    ),
+                )
+            })?,
+        };
+        if let Some(pk) = &t.primary_key {
+            if *pk != table.primary_key {
+                return Err(Error::corrupt(
+                    file,
+                    format!(
+                        "table `{name}` has key field `{pk}` here but `{}` in the database",
+                        table.primary_key
+                    ),
+                ));
+            }
+        }
+        let pk = Arc::clone(&table.primary_key);
+        for rec in &t.upserts {
+            let key = record_key(rec, &pk, name).map_err(|e| Error::corrupt(file, e))?;
+            table.bump(&key);
+            let existed = table.records.insert(key.clone(), rec.clone()).is_some();
+            affected += 1;
+            if !with_events {
+                continue;
+            }
+            let change = if existed {
+                Change::Update {
+                    key,
+                    record: rec.clone(),
+                }
+            } else {
+                Change::Insert {
+                    key,
+                    record: rec.clone(),
+                }
+            };
+            events.push((Arc::clone(name), change));
+        }
+        for key in &t.deletes {
+            if table.records.remove(key).is_some() {
+                affected += 1;
+                if with_events {
+                    events.push((Arc::clone(name), Change::Delete { key: key.clone() }));
+                }
+            }
+        }
+        staged.insert(Arc::clone(name), Some(table));
+    }
+    for (name, n) in &changes.next_keys {
+        let n = i128::from(*n);
+        if let Some(Some(t)) = staged.get_mut(name) {
+            t.next_id = t.next_id.max(n);
+        } else if let Some(t) = base.get(name) {
+            if t.next_id < n && !staged.contains_key(name) {
+                let mut t = t.clone();
+                t.next_id = n;
+                staged.insert(Arc::clone(name), Some(t));
+            }
+        }
+    }
+    Ok(Staged {
+        with_events,
+        dropped: changes.dropped.clone(),
+        created: changes
+            .created
+            .iter()
+            .map(|(n, pk)| (Arc::clone(n), Arc::clone(pk)))
+            .collect(),
+        tables: staged
+            .into_iter()
+            .filter_map(|(name, t)| t.map(|t| (name, t)))
+            .collect(),
+        events,
+        affected,
+    })
+}
+
 impl DictDB {
     /// Applies a change set atomically and returns the number of records
     /// affected: each upsert counts, each delete of a present key counts,
@@ -126,131 +380,434 @@ impl DictDB {
     /// past the counter the set records, so keys are never reused. One
     /// [`crate::Mutation`] is published per change.
     ///
+    /// The changes are worked out on O(1) copies of the tables they touch
+    /// without holding the database lock; the lock is then held only to
+    /// check that those tables did not move meanwhile and to swap the new
+    /// table roots in (O(tables), plus one event send per change when
+    /// someone subscribes), so readers never wait for the whole set. If a
+    /// writer changed the database in between, the set is worked out again
+    /// (the last attempt under the lock, so an apply always completes).
+    ///
     /// On any error (a change to a table that neither exists nor is created,
     /// a record without a valid key, a key field that differs from the
-    /// table's) nothing changes.
+    /// table's, a read-only database) nothing changes.
     pub fn apply(&self, changes: &ChangeSet) -> Result<usize> {
         self.apply_named(changes, "change set")
     }
 
     /// [`apply`](Self::apply), with errors naming `file`.
     pub(crate) fn apply_named(&self, changes: &ChangeSet, file: &str) -> Result<usize> {
+        self.apply_as(changes, file, Writer::User)
+            .map(|a| a.affected)
+    }
+
+    /// Works out every change of `changes` against the database as it
+    /// stands, without holding the lock, for a quick
+    /// [`commit`](PreparedChanges::commit) later. Errors are those of
+    /// [`apply`](Self::apply); nothing changes until the commit.
+    pub fn prepare(&self, changes: &ChangeSet) -> Result<PreparedChanges> {
+        self.prepare_as(changes, "change set", Writer::User)
+    }
+
+    pub(crate) fn prepare_as(
+        &self,
+        changes: &ChangeSet,
+        file: &str,
+        writer: Writer,
+    ) -> Result<PreparedChanges> {
         for name in changes.dropped.iter().chain(changes.created.keys()) {
             validate_table_name(name).map_err(|e| Error::corrupt(file, e))?;
         }
+        let seen = {
+            let st = self.lock();
+            check(&st, writer)?;
+            Seen::take(&st, changes)
+        };
+        let staged = stage(changes, file, &seen.tables, self.has_subscribers())?;
+        Ok(PreparedChanges {
+            db: self.clone(),
+            writer,
+            seen,
+            staged,
+        })
+    }
+
+    /// Applies `changes` as `writer`: staged off the lock, committed under
+    /// it; staged again when the database moved meanwhile.
+    pub(crate) fn apply_as(
+        &self,
+        changes: &ChangeSet,
+        file: &str,
+        writer: Writer,
+    ) -> Result<Applied> {
+        for _ in 0..OPTIMISTIC_ROUNDS {
+            match self.prepare_as(changes, file, writer)?.commit_timed() {
+                Err(Error::Conflict) => continue,
+                other => return other,
+            }
+        }
+        // Writers keep winning the race: stage under the lock this time.
         let mut guard = self.lock();
-        let st = &mut *guard;
+        let locked = Instant::now();
+        check(&guard, writer)?;
+        let seen = Seen::take(&guard, changes);
+        // (Events always: a subscriber may come while this runs.)
+        let staged = stage(changes, file, &seen.tables, true)?;
+        let (affected, leftovers) = install(self, &mut guard, writer, staged);
+        let held = locked.elapsed();
+        drop(guard);
+        leftovers.publish(self);
+        Ok(Applied { affected, held })
+    }
+}
 
-        // Phase 1: work out every change without touching the database.
-        let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
-        for name in &changes.dropped {
-            if st.tables.contains_key(name) {
-                staged.insert(Arc::clone(name), None);
-            }
-        }
-        for (name, pk) in &changes.created {
-            staged.insert(Arc::clone(name), Some(TableState::new(0, Arc::clone(pk))));
-        }
-        let mut affected = 0usize;
-        let mut events: Vec<(Arc<str>, Change)> = Vec::with_capacity(changes.len());
-        for t in &changes.tables {
-            let name = &t.name;
-            let mut table = match staged.get(name) {
-                Some(Some(s)) => s.clone(),
-                Some(None) => {
-                    return Err(Error::corrupt(
-                        file,
-                        format!("changes table `{name}`, which it also drops"),
-                    ))
-                }
-                None => st.tables.get(name).cloned().ok_or_else(|| {
-                    Error::corrupt(
-                        file,
-                        format!(
-                            "changes table `{name}`, which does not exist and which it does not \
-                             create (is a delta missing from the chain?)"
-                        ),
-                    )
-                })?,
-            };
-            if let Some(pk) = &t.primary_key {
-                if *pk != table.primary_key {
-                    return Err(Error::corrupt(
-                        file,
-                        format!(
-                            "table `{name}` has key field `{pk}` here but `{}` in the database",
-                            table.primary_key
-                        ),
-                    ));
-                }
-            }
-            let pk = Arc::clone(&table.primary_key);
-            for rec in &t.upserts {
-                let key = record_key(rec, &pk, name).map_err(|e| Error::corrupt(file, e))?;
-                table.bump(&key);
-                let existed = table.records.insert(key.clone(), rec.clone()).is_some();
-                affected += 1;
-                let change = if existed {
-                    Change::Update {
-                        key,
-                        record: rec.clone(),
-                    }
-                } else {
-                    Change::Insert {
-                        key,
-                        record: rec.clone(),
-                    }
-                };
-                events.push((Arc::clone(name), change));
-            }
-            for key in &t.deletes {
-                if table.records.remove(key).is_some() {
-                    affected += 1;
-                    events.push((Arc::clone(name), Change::Delete { key: key.clone() }));
-                }
-            }
-            staged.insert(Arc::clone(name), Some(table));
-        }
-        for (name, n) in &changes.next_keys {
-            let n = i128::from(*n);
-            if let Some(Some(t)) = staged.get_mut(name) {
-                t.next_id = t.next_id.max(n);
-            } else if let Some(t) = st.tables.get(name) {
-                if t.next_id < n {
-                    let mut t = t.clone();
-                    t.next_id = n;
-                    staged.insert(Arc::clone(name), Some(t));
-                }
-            }
-        }
+/// What an apply did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Applied {
+    /// Records affected (see [`DictDB::apply`]).
+    pub(crate) affected: usize,
+    /// How long it held the database lock: what readers and writers could
+    /// have waited for.
+    pub(crate) held: Duration,
+}
 
-        // Phase 2: apply, publishing one event per change.
-        for name in &changes.dropped {
-            if let Some((name, _)) = st.tables.remove_entry(name) {
-                self.commit(&mut st.seq, &name, || Change::TableDropped);
+fn check(st: &State, writer: Writer) -> Result<()> {
+    match writer {
+        Writer::User => st.check_writable(),
+        Writer::Replica { .. } => Ok(()),
+    }
+}
+
+impl PreparedChanges {
+    /// Records the commit would affect (see [`DictDB::apply`]).
+    pub fn affected(&self) -> usize {
+        self.staged.affected
+    }
+
+    /// Commits the prepared changes: holds the database lock only to check
+    /// that the tables they touch (and the sequence number) did not move
+    /// since [`DictDB::prepare`], and to swap the new tables in. Returns the
+    /// records affected, or [`Error::Conflict`] (nothing changed: prepare
+    /// again) when they moved (or when the changes were prepared while
+    /// nobody subscribed to the mutation stream and someone does now: their
+    /// events were not built), or [`Error::ReadOnly`].
+    pub fn commit(self) -> Result<usize> {
+        self.commit_timed().map(|a| a.affected)
+    }
+
+    /// [`commit`](Self::commit), timing how long the lock was held.
+    pub(crate) fn commit_timed(self) -> Result<Applied> {
+        let PreparedChanges {
+            db,
+            writer,
+            seen,
+            staged,
+        } = self;
+        let mut guard = db.lock();
+        let locked = Instant::now();
+        check(&guard, writer)?;
+        // Someone subscribed since the changes were worked out without
+        // their events: work them out again, with.
+        if !seen.still(&guard) || (!staged.with_events && db.has_subscribers()) {
+            return Err(Error::Conflict);
+        }
+        let (affected, leftovers) = install(&db, &mut guard, writer, staged);
+        let held = locked.elapsed();
+        drop(guard);
+        leftovers.publish(&db);
+        Ok(Applied { affected, held })
+    }
+}
+
+/// What is left once the lock is released: a replica's events to publish,
+/// and the replaced table roots, freed off the lock (dropping the last
+/// reference to a table's old nodes costs as much as the changes did).
+struct Leftovers {
+    /// Events not sent yet, numbered from `first + 1`: table drops and
+    /// creations, then record changes.
+    events: Vec<(Arc<str>, Change)>,
+    record_events: Vec<(Arc<str>, Change)>,
+    first: u64,
+    publish: bool,
+    _replaced: Vec<TableState>,
+}
+
+impl Leftovers {
+    fn publish(self, db: &DictDB) {
+        let Leftovers {
+            events,
+            record_events,
+            first,
+            publish,
+            _replaced,
+        } = self;
+        if publish {
+            let all = events.into_iter().chain(record_events);
+            for (seq, (name, change)) in (first + 1..).zip(all) {
+                db.publish(seq, name, change);
             }
         }
-        for (name, pk) in &changes.created {
-            if let Some((name, _)) = st.tables.remove_entry(name) {
-                self.commit(&mut st.seq, &name, || Change::TableDropped);
+    }
+}
+
+/// Swaps the staged tables in, under the lock, and numbers the events.
+///
+/// O(tables): drops and creates by name, one root swap per staged table,
+/// the sequence number moved in one step. Events go out here, under the
+/// lock, for a [`Writer::User`]: a snapshot taken under the lock then
+/// always finds every event up to its cut already in the channel (what the
+/// backup manager's exact deltas rely on). A [`Writer::Replica`] is the
+/// only writer of its read-only database and nobody can back it up, so its
+/// events are sent after the lock is released, in order, and readers wait
+/// only for the swap.
+fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usize, Leftovers) {
+    let Staged {
+        with_events: _,
+        dropped,
+        created,
+        tables,
+        events: record_events,
+        affected,
+    } = staged;
+    let mut replaced = Vec::new();
+    // Table drops and creations, published before the record changes. The
+    // record changes stay in their own vector: moving it here would copy
+    // O(changes) under the lock.
+    let mut events = Vec::with_capacity(dropped.len() + 2 * created.len());
+    for name in dropped {
+        if let Some((name, old)) = st.tables.remove_entry(&name) {
+            replaced.push(old);
+            events.push((name, Change::TableDropped));
+        }
+    }
+    for (name, primary_key) in created {
+        if let Some((old_name, old)) = st.tables.remove_entry(&name) {
+            replaced.push(old);
+            events.push((old_name, Change::TableDropped));
+        }
+        events.push((name, Change::TableCreated { primary_key }));
+    }
+    for (name, mut table) in tables {
+        table.incarnation = match st.tables.get(&name) {
+            Some(t) => t.incarnation,
+            None => st.new_incarnation(),
+        };
+        if let Some(old) = st.tables.insert(name, table) {
+            replaced.push(old);
+        }
+    }
+    // One sequence number per change, whether or not its event was built
+    // (`affected` counts the record changes).
+    debug_assert!(record_events.is_empty() || record_events.len() == affected);
+    let k = (events.len() + affected) as u64;
+    // A replica's changes end at the writer's cut (a delta holds at most
+    // as many changes as the writer's sequence range: it folds them); the
+    // gap below them is the writer's changes that the file folded.
+    let cut = match writer {
+        Writer::Replica { cut } => cut,
+        Writer::User => None,
+    };
+    let first = match cut {
+        Some(cut) if cut >= st.seq + k => cut - k,
+        _ => st.seq,
+    };
+    st.seq = (first + k).max(cut.unwrap_or(0));
+    db.shared
+        .activity
+        .store(st.seq, std::sync::atomic::Ordering::Relaxed);
+    let subscribed = db.has_subscribers();
+    let mut record_events = record_events;
+    let publish = match writer {
+        Writer::User => {
+            if subscribed {
+                let all = events.drain(..).chain(record_events.drain(..));
+                for (seq, (name, change)) in (first + 1..).zip(all) {
+                    db.publish(seq, name, change);
+                }
             }
-            let pk = Arc::clone(pk);
-            self.commit(&mut st.seq, name, || Change::TableCreated {
-                primary_key: pk,
-            });
+            false
         }
-        for (name, table) in staged {
-            if let Some(mut table) = table {
-                table.incarnation = match st.tables.get(&name) {
-                    Some(t) => t.incarnation,
-                    None => st.new_incarnation(),
-                };
-                st.tables.insert(name, table);
+        Writer::Replica { .. } => subscribed,
+    };
+    (
+        affected,
+        Leftovers {
+            events,
+            record_events,
+            first,
+            publish,
+            _replaced: replaced,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A database with `users` holding keys 1..=n, and a change set that
+    /// updates key 1, inserts n+1 and deletes key 2.
+    fn fixture(n: i64) -> (DictDB, ChangeSet) {
+        let db = DictDB::new();
+        let users = db.create_table("users").unwrap();
+        for i in 1..=n {
+            users.insert(json!({"id": i, "v": 0})).unwrap();
+        }
+        let before = db.snapshot();
+        let other = DictDB::from_snapshot(before.clone());
+        let t = other.table("users").unwrap();
+        t.update(1, json!({"v": 1})).unwrap();
+        t.insert(json!({"id": n + 1})).unwrap();
+        t.delete(2).unwrap();
+        (db, before.changes_to(&other.snapshot()))
+    }
+
+    #[test]
+    fn a_write_between_prepare_and_commit_is_a_conflict_and_changes_nothing() {
+        let (db, changes) = fixture(10);
+        let prepared = db.prepare(&changes).unwrap();
+        assert_eq!(prepared.affected(), 3);
+        db.table("users")
+            .unwrap()
+            .update(5, json!({"v": 5}))
+            .unwrap();
+        let seq = db.seq();
+        assert!(matches!(prepared.commit(), Err(Error::Conflict)));
+        assert_eq!(db.seq(), seq);
+        assert!(db.table("users").unwrap().contains(2).unwrap());
+        // apply stages again and succeeds.
+        assert_eq!(db.apply(&changes).unwrap(), 3);
+        assert!(!db.table("users").unwrap().contains(2).unwrap());
+    }
+
+    #[test]
+    fn an_apply_nobody_watches_still_numbers_every_change() {
+        let (watched, changes) = fixture(10);
+        let (unwatched, _) = fixture(10);
+        let _rx = watched.subscribe();
+        let before = (watched.seq(), unwatched.seq());
+        assert_eq!(watched.apply(&changes).unwrap(), 3);
+        assert_eq!(unwatched.apply(&changes).unwrap(), 3);
+        assert_eq!(watched.seq() - before.0, 3);
+        assert_eq!(
+            unwatched.seq() - before.1,
+            3,
+            "no events built, same numbers"
+        );
+    }
+
+    #[test]
+    fn changes_prepared_unwatched_are_prepared_again_for_a_new_subscriber() {
+        let (db, changes) = fixture(10);
+        let prepared = db.prepare(&changes).unwrap();
+        let mut rx = db.subscribe();
+        assert!(matches!(prepared.commit(), Err(Error::Conflict)));
+        assert_eq!(db.apply(&changes).unwrap(), 3);
+        let n = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(n, 3, "one event per change");
+    }
+
+    #[test]
+    fn a_commit_elsewhere_moves_the_sequence_number_and_is_a_conflict() {
+        let (db, changes) = fixture(4);
+        let prepared = db.prepare(&changes).unwrap();
+        db.create_table("other").unwrap();
+        assert!(matches!(prepared.commit(), Err(Error::Conflict)));
+    }
+
+    #[test]
+    fn a_key_counter_moved_without_a_sequence_number_is_a_conflict() {
+        let (db, _) = fixture(4);
+        let mut bump = ChangeSet::default();
+        bump.next_keys.insert(Arc::from("users"), 100);
+        let prepared = db.prepare(&bump).unwrap();
+        let mut other = ChangeSet::default();
+        other.next_keys.insert(Arc::from("users"), 50);
+        let seq = db.seq();
+        assert_eq!(db.apply(&other).unwrap(), 0);
+        assert_eq!(db.seq(), seq, "a counter alone commits no change");
+        assert!(matches!(prepared.commit(), Err(Error::Conflict)));
+        db.apply(&bump).unwrap();
+        assert_eq!(db.snapshot().tables()[0].next_auto_key(), Some(100));
+    }
+
+    #[test]
+    fn a_reader_holding_a_snapshot_keeps_its_cut() {
+        let (db, changes) = fixture(100);
+        let held = db.snapshot();
+        let users = db.table("users").unwrap();
+        db.apply(&changes).unwrap();
+        assert_eq!(held.table("users").unwrap().len(), 100);
+        assert!(held.table("users").unwrap().get(&Key::Int(2)).is_some());
+        assert_eq!(users.len().unwrap(), 100, "one delete, one insert");
+        assert!(!users.contains(2).unwrap(), "the handle sees the new cut");
+    }
+
+    #[test]
+    fn read_only_refuses_users_and_lets_the_replica_write_up_to_its_cut() {
+        let (db, changes) = fixture(10);
+        let mut events = db.subscribe();
+        db.set_read_only(Some("a replica of test"));
+        let err = db.apply(&changes).unwrap_err();
+        assert!(
+            matches!(&err, Error::ReadOnly(why) if why == "a replica of test"),
+            "{err}"
+        );
+        assert!(matches!(db.prepare(&changes), Err(Error::ReadOnly(_))));
+        let seq = db.seq();
+        let cut = seq + 10;
+        let n = db
+            .apply_as(&changes, "f", Writer::Replica { cut: Some(cut) })
+            .unwrap()
+            .affected;
+        assert_eq!(n, 3);
+        assert_eq!(db.seq(), cut, "the database is at the writer's cut");
+        let seqs: Vec<u64> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, [cut - 2, cut - 1, cut], "the changes end at the cut");
+    }
+
+    #[test]
+    fn a_replica_cut_below_its_changes_keeps_the_sequence_monotonic() {
+        let (db, changes) = fixture(3);
+        let seq = db.seq();
+        db.apply_as(&changes, "f", Writer::Replica { cut: Some(1) })
+            .unwrap();
+        assert_eq!(db.seq(), seq + 3);
+    }
+
+    #[test]
+    fn apply_completes_while_other_writers_keep_committing() {
+        let (db, changes) = fixture(1000);
+        let mut events = db.subscribe();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let db = db.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let t = db.table("users").unwrap();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    t.update(10 + i % 900, json!({"w": i})).unwrap();
+                }
+            })
+        };
+        for _ in 0..200 {
+            db.apply(&changes).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        // Every event arrived in sequence order, none missing.
+        let mut last = None;
+        while let Ok(m) = events.try_recv() {
+            if let Some(l) = last {
+                assert_eq!(m.seq, l + 1);
             }
+            last = Some(m.seq);
         }
-        for (name, change) in events {
-            self.commit(&mut st.seq, &name, || change);
-        }
-        Ok(affected)
+        assert_eq!(last, Some(db.seq()));
     }
 }

@@ -91,6 +91,7 @@ impl DictDB {
                 &Doc::Full {
                     snapshot: &snapshot,
                     name: name.as_deref(),
+                    token: None,
                 },
                 &mut |chunk| sealer.write(chunk),
                 Some(&idle),

@@ -17,7 +17,8 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub(crate) use changeset::record_key;
-pub use changeset::{ChangeSet, TableChanges};
+pub(crate) use changeset::Writer;
+pub use changeset::{ChangeSet, PreparedChanges, TableChanges};
 pub use file::{apply_delta, SaveInfo};
 pub use mutation::{Change, Mutation};
 pub use snapshot::{Snapshot, TableSnapshot};
@@ -40,6 +41,10 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1 << 16;
 /// tables. Every committed change gets a global sequence number and is
 /// published as a [`Mutation`] on a broadcast channel ([`DictDB::subscribe`]);
 /// [`DictDB::snapshot`] takes a consistent cut of all tables in O(1) per table.
+///
+/// A [`crate::replica::Replica`]'s database is read-only: every write path
+/// (table creation and drop, every [`Table`] write, [`DictDB::apply`])
+/// fails with [`Error::ReadOnly`] until the replica is promoted.
 ///
 /// # Examples
 ///
@@ -82,12 +87,24 @@ pub(crate) struct State {
     /// Incarnation counter: a table dropped and created again is a new table,
     /// and handles to the old one stop working.
     next_incarnation: u64,
+    /// Set on a replica's database: why writes are refused. Kept under the
+    /// lock, so a write checks it in the same critical section it commits
+    /// in, and clearing it (promotion) cannot race a write.
+    pub(crate) read_only: Option<Arc<str>>,
 }
 
 impl State {
     pub(crate) fn new_incarnation(&mut self) -> u64 {
         self.next_incarnation += 1;
         self.next_incarnation
+    }
+
+    /// Refuses a write to a read-only database.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match &self.read_only {
+            Some(why) => Err(Error::ReadOnly(why.to_string())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -217,6 +234,42 @@ impl DictDB {
         }
     }
 
+    /// Whether anyone listens to the mutation stream (events are built only
+    /// then).
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.shared
+            .events
+            .get()
+            .is_some_and(|e| e.receiver_count() > 0)
+    }
+
+    /// Publishes a change whose sequence number was assigned under the lock
+    /// (a replica's apply publishes after releasing it: see
+    /// `changeset.rs`).
+    pub(crate) fn publish(&self, seq: u64, table: Arc<str>, change: Change) {
+        if let Some(events) = self.shared.events.get() {
+            let _ = events.send(Mutation { seq, table, change });
+        }
+    }
+
+    /// Whether writes are refused (a [`crate::replica::Replica`]'s
+    /// database, until it is promoted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!dictdb::DictDB::new().is_read_only());
+    /// ```
+    pub fn is_read_only(&self) -> bool {
+        self.lock().read_only.is_some()
+    }
+
+    /// Makes the database read-only (`Some(why)`: every write path then
+    /// fails with [`Error::ReadOnly`] carrying `why`) or writable again.
+    pub(crate) fn set_read_only(&self, why: Option<&str>) {
+        self.lock().read_only = why.map(Arc::from);
+    }
+
     /// Creates an empty table whose primary key is the field `"id"`.
     pub fn create_table(&self, name: &str) -> Result<Table> {
         self.create_table_with_key(name, "id")
@@ -227,6 +280,7 @@ impl DictDB {
         validate_table_name(name)?;
         let mut st = self.lock();
         let st = &mut *st;
+        st.check_writable()?;
         if st.tables.contains_key(name) {
             return Err(Error::TableExists(name.to_string()));
         }
@@ -248,6 +302,7 @@ impl DictDB {
     pub fn drop_table(&self, name: &str) -> Result<()> {
         let mut st = self.lock();
         let st = &mut *st;
+        st.check_writable()?;
         let Some((name, _)) = st.tables.remove_entry(name) else {
             return Err(Error::TableNotFound(name.to_string()));
         };

@@ -547,12 +547,16 @@ pub(crate) enum Doc<'a> {
     Full {
         snapshot: &'a Snapshot,
         name: Option<&'a str>,
+        /// The writer's lease fencing token, if it holds one.
+        token: Option<u64>,
     },
     /// A delta named `name`.
     Delta {
         changes: &'a ChangeSet,
         link: &'a Link,
         name: &'a str,
+        /// The writer's lease fencing token, if it holds one.
+        token: Option<u64>,
     },
 }
 
@@ -570,7 +574,11 @@ pub(crate) struct Written {
 impl Doc<'_> {
     fn meta(&self) -> Meta {
         match self {
-            Doc::Full { snapshot, name } => Meta {
+            Doc::Full {
+                snapshot,
+                name,
+                token,
+            } => Meta {
                 version: VERSION,
                 kind: BackupKind::Full,
                 name: name.map(str::to_string),
@@ -597,12 +605,14 @@ impl Doc<'_> {
                         })
                         .collect(),
                 ),
+                fencing_token: *token,
                 ..Meta::default()
             },
             Doc::Delta {
                 changes,
                 link,
                 name,
+                token,
             } => Meta {
                 version: VERSION,
                 kind: BackupKind::Delta,
@@ -638,6 +648,7 @@ impl Doc<'_> {
                         })
                         .collect(),
                 ),
+                fencing_token: *token,
             },
         }
     }

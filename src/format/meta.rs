@@ -53,6 +53,12 @@ pub(crate) struct Meta {
     pub(crate) count: u64,
     /// Version 2: per-table counts, checked against the content.
     pub(crate) tables: Option<BTreeMap<String, TableCounts>>,
+    /// The fencing token of the writer's single-writer lease (object
+    /// storage), when it held one: every file of a chain carries the same
+    /// token, and restore refuses a chain whose files carry two. Optional:
+    /// absent from files written without a lease (local directories), by
+    /// older versions and by the Python original.
+    pub(crate) fencing_token: Option<u64>,
 }
 
 fn bad<T>(r: &impl DocReader, reason: impl Into<String>) -> Res<T> {
@@ -143,6 +149,7 @@ impl Meta {
                 "created" => m.created = string_map(r, "created", string_of)?,
                 "count" => m.count = r.uint()?,
                 "tables" => m.tables = Some(string_map(r, "tables", read_counts)?),
+                "fencing_token" => m.fencing_token = Some(r.uint()?),
                 other => return bad(r, format!("unknown key `{other}`")),
             }
         }
@@ -212,7 +219,8 @@ impl Meta {
             + opt(self.base.is_some())
             + opt(!self.dropped.is_empty())
             + opt(!self.created.is_empty())
-            + opt(self.tables.is_some());
+            + opt(self.tables.is_some())
+            + opt(self.fencing_token.is_some());
         w.begin_map(n);
         w.key("version");
         w.uint(u64::from(self.version));
@@ -266,6 +274,10 @@ impl Meta {
                 write_counts(w, self.kind, c);
             }
             w.end_map();
+        }
+        if let Some(token) = self.fencing_token {
+            w.key("fencing_token");
+            w.uint(token);
         }
         w.end_map();
     }

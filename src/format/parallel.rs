@@ -148,6 +148,7 @@ mod tests {
         let doc = Doc::Full {
             snapshot: &snapshot,
             name: Some("x.json"),
+            token: None,
         };
         encode(FileFormat::Json, &doc, &mut emit, idle).unwrap();
         out

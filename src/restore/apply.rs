@@ -205,7 +205,7 @@ fn changed(e: &Entry) -> Error {
 }
 
 /// Sees each file once it was applied (verify reports on them).
-pub(crate) type Observer<'a> = &'a mut (dyn FnMut(usize, Seen) + Send);
+pub(crate) type Observer<'a> = &'a mut (dyn FnMut(usize, Seen) + Send + Sync);
 
 /// Loads the chosen chain.
 pub(crate) async fn load(
@@ -275,7 +275,7 @@ pub(crate) async fn load(
                 if let (Some(f), Some(seen)) = (observe.as_mut(), seen) {
                     f(*i, seen);
                 }
-                cursor.advance(&h, &integrity);
+                cursor.advance(e, &h, &integrity);
                 applied.push(planned(e, &h));
                 affected.push(n);
             }

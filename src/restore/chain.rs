@@ -317,6 +317,9 @@ pub(crate) struct Cursor {
     pub(crate) seq: Option<u64>,
     /// Whether every file so far carried a matching checksum.
     pub(crate) verified: bool,
+    /// The first lease fencing token the chain's files carry, and the file
+    /// that carries it: every later token must equal it.
+    pub(crate) token: Option<(u64, String)>,
 }
 
 impl Cursor {
@@ -326,11 +329,45 @@ impl Cursor {
             has_seq: header.meta.is_some(),
             seq: header.meta.as_ref().map(|m| m.seq),
             verified: true,
+            token: header
+                .meta
+                .as_ref()
+                .and_then(|m| m.fencing_token)
+                .map(|t| (t, base.file_name().to_string())),
+        }
+    }
+
+    /// Checks that `e` was written under the lease holding that wrote the
+    /// chain so far: two fencing tokens in one chain are two writers.
+    fn check_token(&self, e: &Entry, header: &Header) -> Result<()> {
+        let token = header.meta.as_ref().and_then(|m| m.fencing_token);
+        match (token, &self.token) {
+            (Some(t), Some((first, file))) if t != *first => Err(Error::chain(
+                e.file_name(),
+                format!(
+                    "was written under lease fencing token {t} but {file} of the same chain under \
+                     token {first}: two writers wrote to this chain (restore up to the file \
+                     before it, or from another chain)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the token of a delta that continues the chain.
+    pub(crate) fn note_token(&mut self, e: &Entry, header: &Header) {
+        if self.token.is_none() {
+            self.token = header
+                .meta
+                .as_ref()
+                .and_then(|m| m.fencing_token)
+                .map(|t| (t, e.file_name().to_string()));
         }
     }
 
     /// Checks that the delta `e` continues the chain.
     pub(crate) fn check_link(&self, e: &Entry, header: &Header) -> Result<()> {
+        self.check_token(e, header)?;
         let name = e.file_name();
         match (&header.meta, self.has_seq) {
             (Some(m), true) => {
@@ -381,7 +418,8 @@ impl Cursor {
     }
 
     /// Moves past a delta that was checked and applied.
-    pub(crate) fn advance(&mut self, header: &Header, integrity: &Integrity) {
+    pub(crate) fn advance(&mut self, e: &Entry, header: &Header, integrity: &Integrity) {
+        self.note_token(e, header);
         if let Some(m) = &header.meta {
             self.seq = Some(m.seq);
         }

@@ -15,10 +15,10 @@
 //! from their headers, `apply` decodes and applies them, `verify` runs the
 //! same code over every chain of a store.
 
-mod apply;
-mod chain;
+pub(crate) mod apply;
+pub(crate) mod chain;
 mod list;
-mod plan;
+pub(crate) mod plan;
 mod verify;
 
 use std::path::Path;
@@ -53,6 +53,10 @@ pub struct PlannedFile {
     pub seq: Option<(u64, u64)>,
     /// Size in bytes.
     pub size: u64,
+    /// The fencing token of the single-writer lease its writer held
+    /// (object storage), when it records one. All the files of a chain
+    /// carry the same token: restore refuses a chain with two.
+    pub fencing_token: Option<u64>,
 }
 
 /// Why a lenient restore passed over or stopped at a file.

@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use super::apply::check_file;
 use super::chain::{check_identity, name_time, Catalog, Cursor, Entry};
 use super::{Plan, PlannedFile, Restore, Stopped};
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ pub(crate) fn planned(e: &Entry, h: &Header) -> PlannedFile {
         timestamp: e.name.timestamp(),
         seq: h.meta.as_ref().map(|m| (m.from_seq.unwrap_or(0), m.seq)),
         size: e.file.size,
+        fencing_token: h.meta.as_ref().and_then(|m| m.fencing_token),
     }
 }
 
@@ -158,14 +160,39 @@ async fn chain_from(
     let mut cursor = Cursor::start(&catalog.entries[base], &base_header);
     let mut deltas = Vec::new();
     let mut stopped = None;
+    // The last file taken (the base, then each delta).
+    let mut last = base;
     for j in catalog.chain_deltas(base) {
+        // Sequence numbers are exact: a chain that reached the limit has
+        // the state asked for, whatever comes after it.
+        if let (Some(limit), Some(seq)) = (opts.until_seq, cursor.seq) {
+            if seq == limit {
+                break;
+            }
+        }
         let e = &catalog.entries[j];
         let beyond_time = !within_time(e);
+        // A limit at the time of the last file taken leaves no room for a
+        // missing one: nothing after it needs to be read.
+        if beyond_time && opts.until_time == Some(name_time(&catalog.entries[last].name)) {
+            break;
+        }
         let h = match checked_header(opts, catalog, e).await {
             Ok(h) => h,
-            // A damaged file after the limit tells nothing about the files
-            // before it (verify reports it).
-            Err(_) if beyond_time => break,
+            // The first file after a time limit is the witness that no delta
+            // before the limit is missing: damaged, it proves nothing, and
+            // the restore cannot say its state is the one asked for.
+            Err(error) if beyond_time && !error.is_store_failure() => {
+                let error = unusable_witness(e, error);
+                if opts.lenient {
+                    stopped = Some(Stopped {
+                        file: e.file_name().to_string(),
+                        error,
+                    });
+                    break;
+                }
+                return Err(error);
+            }
             Err(error) if opts.lenient && !error.is_store_failure() => {
                 stopped = Some(Stopped {
                     file: e.file_name().to_string(),
@@ -199,12 +226,31 @@ async fn chain_from(
             return Err(error);
         }
         if beyond_time || beyond_seq {
+            // Its header says nothing is missing before the limit; a
+            // damaged header could say so falsely, so the witness is read
+            // whole and checked (one file) before it is believed.
+            if let Err(error) = check_file(opts, catalog, e).await {
+                if error.is_store_failure() {
+                    return Err(error);
+                }
+                let error = unusable_witness(e, error);
+                if opts.lenient {
+                    stopped = Some(Stopped {
+                        file: e.file_name().to_string(),
+                        error,
+                    });
+                    break;
+                }
+                return Err(error);
+            }
             break;
         }
         if let Some(m) = &h.meta {
             cursor.seq = Some(m.seq);
         }
+        cursor.note_token(e, &h);
         deltas.push((j, h));
+        last = j;
     }
     Ok(Chosen {
         base,
@@ -212,4 +258,16 @@ async fn chain_from(
         deltas,
         stopped,
     })
+}
+
+/// The error for a damaged first file after a limit: restore cannot check
+/// that no delta before the limit is missing.
+fn unusable_witness(e: &Entry, error: Error) -> Error {
+    Error::chain(
+        e.file_name(),
+        format!(
+            "is the first file after the limit and is damaged ({error}), so nothing shows that \
+             no delta before the limit is missing"
+        ),
+    )
 }

@@ -14,10 +14,20 @@
 use std::any::Any;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// How a lock that needs a request to be given up is released.
+pub(crate) type Release =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The longest [`WriterLock::release`] waits for the store.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Name of the lock file in a backup directory.
 pub(crate) const LOCK_FILE: &str = ".dictdb-lock";
@@ -27,12 +37,15 @@ pub(crate) const LOCK_FILE: &str = ".dictdb-lock";
 pub struct WriterLock {
     description: String,
     _guard: Box<dyn Any + Send + Sync>,
+    release: Option<Release>,
+    token: Option<u64>,
 }
 
 impl fmt::Debug for WriterLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriterLock")
             .field("lock", &self.description)
+            .field("fencing_token", &self.token)
             .finish()
     }
 }
@@ -44,6 +57,50 @@ impl WriterLock {
         WriterLock {
             description: description.into(),
             _guard: Box::new(guard),
+            release: None,
+            token: None,
+        }
+    }
+
+    /// This lock with a fencing token: a number that grows with each
+    /// acquisition of the store's lock by any writer. A manager writes it
+    /// into every backup file's metadata; restore and verify refuse a chain
+    /// whose files carry two different tokens, and a manager whose token
+    /// differs from the one of the chain it finds starts a new chain with a
+    /// full backup. An object-store lease has one; a directory's lock file
+    /// has none (the kernel's lock needs no fencing).
+    #[must_use]
+    pub fn with_fencing_token(mut self, token: u64) -> WriterLock {
+        self.token = Some(token);
+        self
+    }
+
+    /// The fencing token, if the lock has one (see
+    /// [`with_fencing_token`](Self::with_fencing_token)).
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.token
+    }
+
+    /// A lock given up by a request (an object-store lease): `release` runs
+    /// on [`release`](Self::release); dropped instead, the guard's own
+    /// `Drop` gives it up in the background.
+    #[cfg(feature = "object-store")]
+    pub(crate) fn with_release(
+        description: impl Into<String>,
+        guard: impl Any + Send + Sync,
+        release: Release,
+    ) -> WriterLock {
+        let mut lock = WriterLock::new(description, guard);
+        lock.release = Some(release);
+        lock
+    }
+
+    /// Gives the lock up and waits (at most a few seconds) until the store
+    /// confirms, so a writer started right after finds it free. Dropping
+    /// the lock releases it too, without waiting.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, release()).await;
         }
     }
 

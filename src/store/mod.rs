@@ -6,6 +6,8 @@
 //! or any other `object_store` backend (`open_url("s3://bucket/prefix")`).
 //! Tests plug in stores that fail on demand the same way.
 
+#[cfg(feature = "object-store")]
+mod lease;
 pub(crate) mod local;
 mod lock;
 #[cfg(feature = "object-store")]
@@ -185,8 +187,10 @@ pub trait BackupStore: Send + Sync + fmt::Debug + 'static {
     /// manager on the same store fails to start ([`Error::Locked`]).
     ///
     /// `Ok(None)` means the store cannot detect a second writer (the
-    /// default, and object storage); a store that can but finds the lock
-    /// taken returns [`Error::Locked`].
+    /// default); a store that can but finds the lock taken returns
+    /// [`Error::Locked`]. A [`LocalStore`] locks a file in its directory;
+    /// an `ObjectBackupStore` holds a lease object renewed with conditional
+    /// `PUT`s (see its documentation).
     async fn lock_writer(&self) -> Result<Option<WriterLock>> {
         Ok(None)
     }

@@ -33,11 +33,12 @@ use object_store::{
 };
 use tracing::warn;
 
+use super::lease::{Lease, Slot, DEFAULT_LEASE_TTL, LEASE_OBJECT};
 use super::object_errors::{chain, check_credentials, explain};
 use super::s3_list::{self, TolerantLists};
 use super::{
     check_name, BackupStore, BackupWriter, FileReader, LocalStore, SkippedEntry, StoreListing,
-    StoredFile, LOCK_FILE,
+    StoredFile, WriterLock, LOCK_FILE,
 };
 use crate::error::{Error, Result};
 
@@ -77,6 +78,7 @@ const LOCAL_TMP_PREFIX: &str = ".dictdb-tmp-";
 ///     .connect_timeout(Duration::from_secs(1))
 ///     .request_timeout(Duration::from_secs(10))
 ///     .part_size(8 * 1024 * 1024)
+///     .lease_ttl(Duration::from_secs(30))
 ///     .s3_config("aws_endpoint", "http://127.0.0.1:5055")
 ///     .s3_config("aws_allow_http", "true");
 /// ```
@@ -91,6 +93,7 @@ pub struct ObjectStoreOptions {
     part_size: usize,
     max_concurrency: usize,
     s3_config: Vec<(String, String)>,
+    lease_ttl: Duration,
 }
 
 impl Default for ObjectStoreOptions {
@@ -105,6 +108,7 @@ impl Default for ObjectStoreOptions {
             part_size: 8 * 1024 * 1024,
             max_concurrency: 2,
             s3_config: Vec::new(),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -169,6 +173,17 @@ impl ObjectStoreOptions {
     #[must_use]
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = n;
+        self
+    }
+
+    /// Time to live of the single-writer lease a backup manager takes on
+    /// the prefix (see [`ObjectBackupStore`]'s "Single writer"): renewed
+    /// every third of it; a writer that could not renew it for this long
+    /// commits nothing; a writer that died without giving it up is replaced
+    /// once 1.5 times this has passed. Default: 20 s. Zero: no lease.
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
         self
     }
 
@@ -336,6 +351,34 @@ async fn within<T>(
 /// - Durability is the server's: S3 acknowledges a write once it is stored
 ///   redundantly. `file://` stores `fsync` files and their directory.
 ///
+/// # Single writer
+///
+/// A backup manager ([`BackupStore::lock_writer`]) holds a lease on the
+/// prefix: the object `.dictdb-lease` (never listed, restored or pruned),
+/// created with a conditional `PUT` and renewed every third of its time to
+/// live ([`ObjectStoreOptions::lease_ttl`], default 20 s) with a `PUT`
+/// conditional on its ETag. A second manager on the prefix (a promoted
+/// replica whose writer still runs, a service started twice) fails to start
+/// with [`Error::Locked`] naming the holder and when its lease expires. The
+/// holder checks its lease before every commit and every delete, renewing
+/// on the spot if it lapsed; a lease taken over by another writer, or not
+/// renewed for a whole time to live, stops it from committing anything
+/// more. A manager that ends marks the lease released (the next one takes
+/// it at once); one killed leaves it to expire: 1.5 × the time to live
+/// after its last renewal, by the taker's clock.
+///
+/// Each acquisition gets a fencing token
+/// ([`WriterLock::fencing_token`]) larger than every earlier one on the
+/// prefix; the manager records it in every file it writes, begins with a
+/// full backup (it never continues a chain written under another token),
+/// and restore and verify refuse a chain whose files carry two tokens.
+///
+/// Not prevented: a writer paused for longer than the time to live between
+/// its last check and the request it was about to send can still land that
+/// one file (under its old token); clocks further apart than half the time
+/// to live; tools that write without the lease; servers without
+/// conditional `PUT` (then no lease is taken, with a warning).
+///
 /// # Examples
 ///
 /// ```
@@ -367,6 +410,10 @@ pub struct ObjectBackupStore {
     /// Retry and timeout settings enforced on each request (`None`: the
     /// wrapped store's own).
     limits: Option<Limits>,
+    lease_ttl: Duration,
+    /// The lease this store (and its clones) took, if any: checked before
+    /// every commit and delete.
+    lease: Arc<Slot>,
 }
 
 impl fmt::Debug for ObjectBackupStore {
@@ -376,6 +423,7 @@ impl fmt::Debug for ObjectBackupStore {
             .field("store", &self.inner)
             .field("part_size", &self.part_size)
             .field("max_concurrency", &self.max_concurrency)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -394,13 +442,15 @@ impl ObjectBackupStore {
             part_size: options.part_size,
             max_concurrency: options.max_concurrency,
             limits: None,
+            lease_ttl: options.lease_ttl,
+            lease: Arc::default(),
         }
     }
 
-    /// Like [`new`](Self::new), with the part size and concurrency of
-    /// `options`, and its retry timeout as the longest any request may take
-    /// (its other retry, timeout and S3 settings apply only to stores opened
-    /// from a URL). Errors: invalid options.
+    /// Like [`new`](Self::new), with the part size, concurrency and lease
+    /// time to live of `options`, and its retry timeout as the longest any
+    /// request may take (its other retry, timeout and S3 settings apply only
+    /// to stores opened from a URL). Errors: invalid options.
     pub fn with_options(
         store: Arc<dyn ObjectStore>,
         prefix: impl Into<Path>,
@@ -411,6 +461,7 @@ impl ObjectBackupStore {
         s.part_size = options.part_size;
         s.max_concurrency = options.max_concurrency;
         s.limits = Some(options.limits());
+        s.lease_ttl = options.lease_ttl;
         Ok(s)
     }
 
@@ -505,6 +556,8 @@ impl ObjectBackupStore {
             part_size: options.part_size,
             max_concurrency: options.max_concurrency,
             limits: Some(options.limits()),
+            lease_ttl: options.lease_ttl,
+            lease: Arc::default(),
         })
     }
 
@@ -521,6 +574,22 @@ impl ObjectBackupStore {
     /// The multipart upload part size.
     pub fn part_size(&self) -> usize {
         self.part_size
+    }
+
+    /// The time to live of the single-writer lease (zero: none).
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// The lease of this store's prefix.
+    fn lease(&self) -> Lease {
+        Lease {
+            store: Arc::clone(&self.inner),
+            path: self.prefix.clone().join(PathPart::from(LEASE_OBJECT)),
+            location: self.location.clone(),
+            ttl: self.lease_ttl,
+            slot: Arc::clone(&self.lease),
+        }
     }
 
     /// The object path of a backup file name: a plain name that object
@@ -739,7 +808,11 @@ impl BackupStore for ObjectBackupStore {
             let Some(name) = rest.next().map(|p| p.as_ref().to_string()) else {
                 continue;
             };
-            if rest.next().is_some() || name.starts_with(LOCAL_TMP_PREFIX) || name == LOCK_FILE {
+            if rest.next().is_some()
+                || name.starts_with(LOCAL_TMP_PREFIX)
+                || name == LOCK_FILE
+                || name == LEASE_OBJECT
+            {
                 continue;
             }
             if let Some(entry) = s3_list::skipped(&name, Some(meta.size)) {
@@ -767,6 +840,7 @@ impl BackupStore for ObjectBackupStore {
 
     async fn create(&self, name: &str) -> Result<Box<dyn BackupWriter>> {
         let path = self.object(name)?;
+        self.lease().ensure().await?;
         Ok(Box::new(ObjectWriter {
             target: Target {
                 store: self.clone(),
@@ -857,8 +931,13 @@ impl BackupStore for ObjectBackupStore {
         }
     }
 
+    async fn lock_writer(&self) -> Result<Option<WriterLock>> {
+        self.lease().lock().await
+    }
+
     async fn delete(&self, name: &str) -> Result<()> {
         let path = self.object(name)?;
+        self.lease().ensure().await?;
         self.within(self.inner.delete(&path))
             .await
             .map_err(|e| self.error(name, &e))
@@ -1170,6 +1249,13 @@ impl BackupWriter for ObjectWriter {
         let upload = self.upload.take();
         let small = std::mem::take(&mut self.small);
         let target = &self.target;
+        // The last moment a lease lost or expired can stop this writer.
+        if let Err(e) = target.store.lease().ensure().await {
+            if let Some(up) = upload {
+                abort_upload(up, &target.name).await;
+            }
+            return Err(e);
+        }
         match upload {
             Some(up) => target.complete(up).await,
             None => target.put_small(small).await,
@@ -1303,6 +1389,133 @@ mod tests {
         assert_eq!(names, ["a.json"]);
         let root = ObjectBackupStore::new(inner, "");
         assert!(root.list().await.unwrap().is_empty());
+    }
+
+    fn leased(inner: &Arc<dyn ObjectStore>, ttl: Duration) -> ObjectBackupStore {
+        let opts = ObjectStoreOptions::default().lease_ttl(ttl);
+        ObjectBackupStore::with_options(Arc::clone(inner), "p", &opts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_lease_per_prefix_until_it_is_released() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let first = leased(&inner, Duration::from_secs(30));
+        let lock = first.lock_writer().await.unwrap().expect("a lease");
+        assert!(lock.description().ends_with("p/.dictdb-lease"));
+        let second = leased(&inner, Duration::from_secs(30));
+        match second.lock_writer().await {
+            Err(Error::Locked { location, holder }) => {
+                assert_eq!(location, first.location());
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                );
+                assert!(holder.contains("expires"), "{holder}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The lease is not a backup file.
+        assert!(first.list().await.unwrap().is_empty());
+        write(&first, "a.json", &[b"{}".to_vec()]).await.unwrap();
+        let token = lock.fencing_token().expect("a lease has a fencing token");
+        lock.release().await;
+        let lock = second
+            .lock_writer()
+            .await
+            .unwrap()
+            .expect("released: free at once");
+        // Each holding has its own token, larger than the one before.
+        assert!(lock.fencing_token().unwrap() > token);
+        // The first store gave its lease up: it checks nothing any more,
+        // the second holds it.
+        write(&second, "b.json", &[b"{}".to_vec()]).await.unwrap();
+        drop(lock);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_its_holder_commits_nothing_more() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let ttl = Duration::from_millis(200);
+        let dead = leased(&inner, ttl);
+        // Taken without the renewal task: a writer that died.
+        assert!(dead.lease().acquire().await.unwrap());
+        let mut pending = dead.create("late.json").await.unwrap();
+        pending.write(b"{}".to_vec()).await.unwrap();
+        let next = leased(&inner, ttl);
+        assert!(matches!(
+            next.lock_writer().await,
+            Err(Error::Locked { .. })
+        ));
+        tokio::time::sleep(ttl * 3 / 2 + Duration::from_millis(50)).await;
+        let lock = next
+            .lock_writer()
+            .await
+            .unwrap()
+            .expect("expired: taken over");
+        // The old holder's commit finds its lease gone.
+        let err = pending.commit().await.unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(matches!(
+            dead.delete("x.json").await,
+            Err(Error::Locked { .. })
+        ));
+        assert!(matches!(
+            dead.create("y.json").await,
+            Err(Error::Locked { .. })
+        ));
+        assert!(next.list().await.unwrap().is_empty(), "nothing landed");
+        write(&next, "ok.json", &[b"{}".to_vec()]).await.unwrap();
+        drop(lock);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_renewed_while_its_holder_lives() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let ttl = Duration::from_millis(150);
+        let holder = leased(&inner, ttl);
+        let lock = holder.lock_writer().await.unwrap().expect("a lease");
+        tokio::time::sleep(ttl * 4).await;
+        let other = leased(&inner, ttl);
+        assert!(matches!(
+            other.lock_writer().await,
+            Err(Error::Locked { .. })
+        ));
+        write(&holder, "a.json", &[b"{}".to_vec()]).await.unwrap();
+        lock.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_object_lost_by_the_server_is_created_again() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let ttl = Duration::from_millis(100);
+        let holder = leased(&inner, ttl);
+        assert!(holder.lease().acquire().await.unwrap());
+        inner.delete(&Path::from("p/.dictdb-lease")).await.unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        write(&holder, "a.json", &[b"{}".to_vec()]).await.unwrap();
+        let other = leased(&inner, ttl);
+        assert!(matches!(
+            other.lock_writer().await,
+            Err(Error::Locked { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_lease_without_conditional_updates_or_with_a_zero_ttl() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().display());
+        let store = ObjectBackupStore::from_url(&url).unwrap();
+        assert!(store.lock_writer().await.unwrap().is_none());
+        assert!(
+            !tmp.path().join(LEASE_OBJECT).exists(),
+            "the probe cleaned up"
+        );
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        assert!(leased(&inner, Duration::ZERO)
+            .lock_writer()
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

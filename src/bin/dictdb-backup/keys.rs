@@ -1,5 +1,6 @@
 //! `--identity FILE`: the age identities that decrypt encrypted backups,
-//! read once and used by every restore, verify, inspect, list and diff.
+//! read once and used by every restore, verify, inspect, list, diff and
+//! follow.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,4 +61,14 @@ pub(crate) fn restore(store: Arc<dyn BackupStore>) -> Restore {
         None => r,
     };
     r
+}
+
+/// Replica options with the identities given.
+pub(crate) fn replica(options: dictdb::replica::ReplicaOptions) -> dictdb::replica::ReplicaOptions {
+    #[cfg(feature = "encryption")]
+    let options = match IDENTITIES.get() {
+        Some(ids) => ids.iter().cloned().fold(options, |o, id| o.identity(id)),
+        None => options,
+    };
+    options
 }

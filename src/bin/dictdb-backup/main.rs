@@ -8,6 +8,7 @@
 
 mod diff;
 mod error;
+mod follow;
 mod inspect;
 mod keys;
 mod list;
@@ -32,13 +33,13 @@ use jiff::Timestamp;
 use error::{CliError, Exit, EXIT_CODES};
 use output::Output;
 
-const ABOUT: &str = "List, verify, restore, inspect, diff and prune the backups of a dictdb \
-                     service: full and delta backup files in a directory or an S3 bucket";
+const ABOUT: &str = "List, verify, restore, inspect, diff, prune and follow the backups of a \
+                     dictdb service: full and delta backup files in a directory or an S3 bucket";
 
 const LONG_ABOUT: &str = "\
-List, verify, restore, inspect, diff and prune the backups of a dictdb service: \
-the full and delta backup files a BackupManager (or the Python DictDB) writes, \
-in a directory or in object storage (s3://bucket/prefix).
+List, verify, restore, inspect, diff, prune and follow the backups of a dictdb \
+service: the full and delta backup files a BackupManager (or the Python DictDB) \
+writes, in a directory or in object storage (s3://bucket/prefix).
 
 Only `prune` changes a store. `--json` (anywhere on the line) prints a JSON report \
 on stdout instead of text; errors then also go to stdout as \
@@ -182,6 +183,30 @@ enum Command {
         #[arg(value_name = "TO", allow_hyphen_values = true)]
         to: Option<String>,
     },
+    /// Follow a store as a read replica does: print each file applied and the lag, until Ctrl-C.
+    ///
+    /// Restores the newest chain (every checksum and link checked), then
+    /// polls the store every --interval: one listing per poll; each new
+    /// delta is read, checked and applied, and a newer full backup moves it
+    /// to that chain. Prints one line per file applied with how far behind
+    /// the store it still is (files, changes, seconds), and every problem:
+    /// a damaged or missing file stops it at the last good cut (it never
+    /// skips one) until the writer's next full backup. Nothing is written.
+    /// With --json, one JSON object per line. --once: catch up, print where
+    /// it stands and exit. Exit 0 (Ctrl-C or SIGTERM; --once: current), 1
+    /// (--once) stopped by a damaged or missing file, 3 no such directory,
+    /// 4 (--once) no full backup yet.
+    #[command(after_help = EXIT_CODES)]
+    Follow {
+        #[arg(value_name = "STORE", help = STORE_HELP)]
+        store: PathBuf,
+        /// Time between two polls (500ms, 2s, 1m).
+        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = time::parse_duration)]
+        interval: Duration,
+        /// Catch up once, print where the replica stands, and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Delete old backups by retention rules, whole chains at a time; --dry-run shows what and why.
     ///
     /// A file is kept when any rule keeps it. Only full backups count for
@@ -280,6 +305,18 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
         Command::Inspect { file, format } => inspect::run(&file, format, out).await,
         Command::Diff { store, from, to } => {
             diff::run(diff::Request { store, from, to }, out).await
+        }
+        Command::Follow {
+            store,
+            interval,
+            once,
+        } => {
+            let req = follow::Request {
+                store,
+                interval,
+                once,
+            };
+            follow::run(req, out).await
         }
         Command::Prune {
             store,

@@ -38,6 +38,21 @@ impl Output {
         stdout(&text)
     }
 
+    /// Prints one line of a stream of reports (`follow`): compact JSON on
+    /// one line with `--json` (JSON Lines), else its text.
+    pub(crate) fn line<R: Serialize + Display>(&self, report: &R) -> Result<(), CliError> {
+        let text = if self.json {
+            let mut s = serde_json::to_string(report).map_err(|e| {
+                CliError::new(Exit::Usage, "io", format!("serialising the output: {e}"))
+            })?;
+            s.push('\n');
+            s
+        } else {
+            report.to_string()
+        };
+        stdout(&text)
+    }
+
     /// Reports an error: text on stderr; with `--json`, also a JSON error
     /// object on stdout. Returns the exit code.
     pub(crate) fn fail(&self, e: &CliError) -> Exit {

@@ -101,12 +101,40 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         ));
     }
     let store = store::open(&req.store)?;
+    // Deleting is writing: prune takes the store's single-writer lock (the
+    // lock file of a directory, the lease of a prefix) for as long as it
+    // plans and deletes, so it never deletes under a live writer, whose own
+    // retention (BackupConfig::retention) is the way to prune a store in
+    // use. A dry run reads only.
+    let lock = if req.dry_run {
+        None
+    } else {
+        store.lock_writer().await.map_err(|e| match e {
+            dictdb::Error::Locked { location, holder } => CliError::from(dictdb::Error::Locked {
+                location,
+                holder: format!(
+                    "{holder}; prune deletes only while no writer holds the store: stop the \
+                     service, or give its BackupManager a retention policy"
+                ),
+            }),
+            e => CliError::from(e),
+        })?
+    };
     let listing = store.list_all().await?;
     // The rules go by names; what is kept must restore. Checked first, by
     // restoring the chains newest first until one does.
-    let sound = crate::keys::restore(std::sync::Arc::clone(&store))
+    let sound = match crate::keys::restore(std::sync::Arc::clone(&store))
         .newest_sound_chain()
-        .await?;
+        .await
+    {
+        Ok(sound) => sound,
+        Err(e) => {
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+            return Err(e.into());
+        }
+    };
     let unsound: Vec<Failed> = sound
         .newer_unsound
         .iter()
@@ -125,6 +153,9 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
                 first.error
             ),
         };
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
         return Err(CliError::new(
             Exit::Damaged,
             "no_sound_chain",
@@ -155,6 +186,9 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
             error: f.error.to_string(),
             file: f.file,
         });
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
     }
     out.report(&report)?;
     for u in &report.unsound {
