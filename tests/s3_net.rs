@@ -304,14 +304,21 @@ async fn hung_manager(proxy: &FaultProxy, bucket: &str) -> (DictDB, BackupManage
     (db, backups)
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_silent_server_costs_one_retry_timeout_per_backup() {
     let Some(ep) = endpoint("a_silent_server_costs_one_retry_timeout_per_backup") else {
         return;
     };
+    let bucket = unique_bucket("silent");
+    create_bucket(&ep, &bucket);
     let proxy = FaultProxy::start(&ep);
+    // The manager takes the prefix's lease while the server answers (a
+    // writer cannot start without it), then the server falls silent.
+    let (_db, backups) = hung_manager(&proxy, &bucket).await;
     proxy.hang_all();
-    let (_db, backups) = hung_manager(&proxy, "never-answers").await;
+    // From here every request waits on a timer: paused time jumps from one
+    // to the next.
+    tokio::time::pause();
     let t = tokio::time::Instant::now();
     let err = backups.backup_full().await.unwrap_err();
     let first = t.elapsed();
@@ -331,7 +338,8 @@ async fn a_silent_server_costs_one_retry_timeout_per_backup() {
         second <= Duration::from_secs(61),
         "second backup took {second:?}: {again}"
     );
-    assert!(stop <= Duration::from_secs(1), "stop took {stop:?}");
+    // stop() gives the lease back, waiting 5 s at most for the store.
+    assert!(stop <= Duration::from_secs(6), "stop took {stop:?}");
     assert!(err.to_string().contains("retry_timeout"), "{err}");
     assert_eq!(
         backups.consecutive_failures(),
@@ -340,26 +348,35 @@ async fn a_silent_server_costs_one_retry_timeout_per_backup() {
     );
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
+#[tokio::test(flavor = "current_thread")]
 async fn stop_does_not_wait_for_the_first_listing() {
     let Some(ep) = endpoint("stop_does_not_wait_for_the_first_listing") else {
         return;
     };
+    let (a, b) = (unique_bucket("unlisted"), unique_bucket("unlisted2"));
+    create_bucket(&ep, &a);
+    create_bucket(&ep, &b);
     let proxy = FaultProxy::start(&ep);
+    // Listings never get an answer; the lease requests do.
+    proxy.rule(Some("GET"), "list-type=", Fault::Hang, None);
+    let (_db, backups) = hung_manager(&proxy, &a).await;
+    let (_db2, second) = hung_manager(&proxy, &b).await;
+    // Then nothing gets an answer, and every wait is on a timer.
     proxy.hang_all();
-    let (_db, backups) = hung_manager(&proxy, "never-answers").await;
+    tokio::time::pause();
     tokio::task::yield_now().await;
     let t = tokio::time::Instant::now();
     backups.stop().await.unwrap();
+    // Not the listing's 60 s: only the lease's release, which waits 5 s at
+    // most for the store.
     assert!(
-        t.elapsed() <= Duration::from_secs(1),
+        t.elapsed() <= Duration::from_secs(6),
         "stop took {:?}",
         t.elapsed()
     );
     // shutdown bounds everything too.
-    let (_db, backups) = hung_manager(&proxy, "never-answers").await;
     let t = tokio::time::Instant::now();
-    let r = backups.shutdown(Duration::from_secs(10)).await;
+    let r = second.shutdown(Duration::from_secs(10)).await;
     assert!(r.is_err());
     assert!(
         t.elapsed() <= Duration::from_secs(11),

@@ -42,6 +42,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::object::{unanswered, within, Limits};
+use super::object_errors::explain;
 use super::WriterLock;
 use crate::error::{Error, Result};
 
@@ -140,6 +142,9 @@ pub(crate) struct Lease {
     pub(crate) location: String,
     pub(crate) ttl: Duration,
     pub(crate) slot: Arc<Slot>,
+    /// The store's request limits: a lease request ends within its retry
+    /// timeout like every other.
+    pub(crate) limits: Option<Limits>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -152,9 +157,15 @@ impl Lease {
     }
 
     fn error(&self, e: &object_store::Error) -> Error {
+        if unanswered(e) {
+            return Error::StoreUnavailable {
+                path: self.display(),
+                message: explain(e),
+            };
+        }
         Error::Store {
             path: self.display(),
-            message: e.to_string(),
+            message: explain(e),
         }
     }
 
@@ -175,14 +186,15 @@ impl Lease {
         token: u64,
         mode: PutMode,
     ) -> object_store::Result<UpdateVersion> {
-        let r = self
-            .store
-            .put_opts(
+        let r = within(
+            self.limits,
+            self.store.put_opts(
                 &self.path,
                 self.body(released, token),
                 PutOptions::from(mode),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(UpdateVersion {
             e_tag: r.e_tag,
             version: r.version,
@@ -225,7 +237,7 @@ impl Lease {
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => return Err(self.error(&e)),
             }
-            let got = match self.store.get(&self.path).await {
+            let got = match within(self.limits, self.store.get(&self.path)).await {
                 Ok(got) => got,
                 // Released and deleted in between: try again.
                 Err(object_store::Error::NotFound { .. }) => continue,
@@ -236,7 +248,9 @@ impl Lease {
                 version: got.meta.version.clone(),
             };
             let modified = unix_ms(SystemTime::from(got.meta.last_modified));
-            let bytes = got.bytes().await.map_err(|e| self.error(&e))?;
+            let bytes = within(self.limits, got.bytes())
+                .await
+                .map_err(|e| self.error(&e))?;
             let now = unix_ms(SystemTime::now());
             let body = serde_json::from_slice::<Body>(&bytes).ok();
             // The previous holder's token plus one (or the wall clock, if
@@ -307,7 +321,7 @@ impl Lease {
             }
             Err(object_store::Error::NotImplemented { .. }) => {
                 self.slot.set(None);
-                let _ = self.store.delete(&self.path).await;
+                let _ = within(self.limits, self.store.delete(&self.path)).await;
                 Ok(self.unsupported())
             }
             Err(e) => {
@@ -351,7 +365,7 @@ impl Lease {
             return Err(self.error(&e));
         }
         // S3 answers a missing object with a failed precondition too.
-        match self.store.head(&self.path).await {
+        match within(self.limits, self.store.head(&self.path)).await {
             Err(object_store::Error::NotFound { .. }) => {
                 // Recreated by its holder: the same holding, the same token.
                 let sent = Instant::now();
@@ -371,8 +385,8 @@ impl Lease {
 
     /// Another writer holds the lease now: every later commit is refused.
     async fn lose(&self) -> Result<()> {
-        let holder = match self.store.get(&self.path).await {
-            Ok(got) => match got.bytes().await {
+        let holder = match within(self.limits, self.store.get(&self.path)).await {
+            Ok(got) => match within(self.limits, got.bytes()).await {
                 Ok(b) => serde_json::from_slice::<Body>(&b)
                     .map_or_else(|_| "another writer".to_string(), |b| b.holder),
                 Err(_) => "another writer".into(),

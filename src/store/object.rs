@@ -238,7 +238,7 @@ impl ObjectStoreOptions {
 /// The retry and timeout settings a store was opened with, enforced on
 /// every request ([`within`]) and named in the errors they cause.
 #[derive(Clone, Copy, Debug)]
-struct Limits {
+pub(crate) struct Limits {
     max_retries: usize,
     retry_timeout: Duration,
     request_timeout: Option<Duration>,
@@ -281,7 +281,7 @@ impl std::error::Error for DeadlinePassed {}
 /// Runs one request (with object_store's retries) and cuts it at the retry
 /// timeout: object_store stops retrying then, but an attempt in flight
 /// would run on for up to its own timeout.
-async fn within<T>(
+pub(crate) async fn within<T>(
     limits: Option<Limits>,
     request: impl Future<Output = object_store::Result<T>>,
 ) -> object_store::Result<T> {
@@ -589,6 +589,7 @@ impl ObjectBackupStore {
             location: self.location.clone(),
             ttl: self.lease_ttl,
             slot: Arc::clone(&self.lease),
+            limits: self.limits,
         }
     }
 
@@ -1174,7 +1175,7 @@ fn outcome_unknown(e: &object_store::Error) -> bool {
 /// (object_store's per attempt, or the retry timeout), a server error (5xx,
 /// 429), after the retries; not a refusal (4xx) nor a local file system's
 /// error.
-fn unanswered(e: &object_store::Error) -> bool {
+pub(crate) fn unanswered(e: &object_store::Error) -> bool {
     match e {
         object_store::Error::Generic { store, .. } if *store == DEADLINE => true,
         object_store::Error::Generic { store, .. } if *store == "S3" => {
