@@ -314,3 +314,78 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// The store given as a `file://` URL is the same directory: a backup-named
+/// `--out` into it is refused as with a plain path, and nothing is replaced
+/// (it used to overwrite the newest full backup with an older state).
+#[cfg(feature = "object-store")]
+#[tokio::test]
+async fn out_into_the_store_is_refused_however_the_store_is_spelled() {
+    let c = make_chain().await;
+    let dir = c.dir.canonicalize().unwrap();
+    let full = dir.join(&c.full.file);
+    let before = std::fs::read(&full).unwrap();
+    for url in [
+        format!("file://{}", dir.display()),
+        format!("FILE://{}", dir.display()),
+        format!("file://localhost{}", dir.display()),
+        format!("file://{}/", dir.display()),
+    ] {
+        let r = cli(args![
+            "restore",
+            &url,
+            "--until-seq",
+            &c.d1.seq.to_string(),
+            "--out",
+            &full
+        ]);
+        r.fails(2, "refusing");
+        assert_eq!(std::fs::read(&full).unwrap(), before, "{url}");
+        // A new backup name too: it would become the newest chain.
+        let new = dir.join("dictdb_backup_9999999999_000000.json");
+        cli(args!["restore", &url, "--out", &new]).fails(2, "refusing");
+        assert!(!new.exists(), "{url}");
+    }
+    cli(args!["verify", &c.dir]).ok();
+}
+
+/// Another store's backup is never replaced by `--out`; a plain name
+/// still is.
+#[tokio::test]
+async fn out_never_replaces_a_backup_of_another_store() {
+    let c = make_chain().await;
+    let other = c.tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let theirs = other.join(&c.full.file);
+    std::fs::write(&theirs, "their backup").unwrap();
+    cli(args!["restore", &c.dir, "--out", &theirs]).fails(2, "refusing to replace");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "their backup");
+    // A new backup name in another directory (seeding a new store) is fine.
+    let fresh = other.join("dictdb_backup_9999999999_000000.json");
+    cli(args!["restore", &c.dir, "--out", &fresh]).ok();
+    let plain = c.tmp.path().join("plain.json");
+    std::fs::write(&plain, "old").unwrap();
+    cli(args!["restore", &c.dir, "--out", &plain]).ok();
+    assert_eq!(common::dump(&load(&plain)), common::dump(&c.db));
+}
+
+/// `--format` that contradicts the name's extension is refused before any
+/// work (it used to write MessagePack into `x.json`).
+#[tokio::test]
+async fn format_must_agree_with_the_out_extension() {
+    let c = make_chain().await;
+    for (name, format) in [
+        ("x.json", "msgpack"),
+        ("x.msgpack", "json"),
+        ("x.json.zst", "msgpack"),
+    ] {
+        let x = c.tmp.path().join(name);
+        cli(args!["restore", &c.dir, "--out", &x, "--format", format])
+            .fails(2, "the name says");
+        assert!(!x.exists(), "{name}");
+    }
+    for (name, format) in [("x.json", "json"), ("x.msgpack", "msgpack"), ("x.out", "msgpack")] {
+        let x = c.tmp.path().join(name);
+        cli(args!["restore", &c.dir, "--out", &x, "--format", format]).ok();
+    }
+}

@@ -125,7 +125,10 @@ enum Command {
     Restore {
         #[arg(value_name = "STORE", help = STORE_HELP)]
         store: PathBuf,
-        /// Where to write the restored database (replaced if it exists).
+        /// Where to write the restored database (replaced if it exists,
+        /// unless it is named like a backup: never into the store's own
+        /// directory, however the store is spelled, and never over an
+        /// existing backup-named file).
         #[arg(long, short, value_name = "FILE", required_unless_present = "dry_run")]
         out: Option<PathBuf>,
         /// Use only files written at or before TIME: RFC 3339
@@ -137,7 +140,8 @@ enum Command {
         /// Use only files whose sequence range ends at or before N.
         #[arg(long, value_name = "N")]
         until_seq: Option<u64>,
-        /// Output format: json (default, or by --out's extension) or msgpack.
+        /// Output format: json (default, or by --out's extension) or msgpack;
+        /// must agree with --out's extension when it has one.
         #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
         format: Option<FileFormat>,
         /// Stop at the last consistent point instead of failing on a
