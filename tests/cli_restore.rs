@@ -380,11 +380,14 @@ async fn format_must_agree_with_the_out_extension() {
         ("x.json.zst", "msgpack"),
     ] {
         let x = c.tmp.path().join(name);
-        cli(args!["restore", &c.dir, "--out", &x, "--format", format])
-            .fails(2, "the name says");
+        cli(args!["restore", &c.dir, "--out", &x, "--format", format]).fails(2, "the name says");
         assert!(!x.exists(), "{name}");
     }
-    for (name, format) in [("x.json", "json"), ("x.msgpack", "msgpack"), ("x.out", "msgpack")] {
+    for (name, format) in [
+        ("x.json", "json"),
+        ("x.msgpack", "msgpack"),
+        ("x.out", "msgpack"),
+    ] {
         let x = c.tmp.path().join(name);
         cli(args!["restore", &c.dir, "--out", &x, "--format", format]).ok();
     }

@@ -271,9 +271,9 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
         .is_some_and(|n| !matches!(BackupName::classify(n), dictdb::NameCheck::Other));
     // The store's own directory however it is spelled: a path, through a
     // symlink, or a `file://` URL.
-    let same_dir = store::local_dir(dir).is_some_and(|d| {
-        matches!((parent.canonicalize(), d.canonicalize()), (Ok(a), Ok(b)) if a == b)
-    });
+    let same_dir = store::local_dir(dir).is_some_and(
+        |d| matches!((parent.canonicalize(), d.canonicalize()), (Ok(a), Ok(b)) if a == b),
+    );
     if backup_named && same_dir {
         return Err(CliError::usage(format!(
             "--out {shown}: refusing to write a backup-named file into the directory being restored"
