@@ -392,3 +392,78 @@ async fn format_must_agree_with_the_out_extension() {
         cli(args!["restore", &c.dir, "--out", &x, "--format", format]).ok();
     }
 }
+
+/// Exit codes agree with verify: the only full backup damaged is damage
+/// (1, naming it) for `restore --lenient` too, and a store holding only
+/// deltas is a broken chain (1, naming the first delta and its missing
+/// base) for restore as for verify; both used to exit 4 ("no backups").
+#[tokio::test]
+async fn no_usable_full_backup_is_damage_not_an_empty_store() {
+    let c = make_chain().await;
+    let x = c.tmp.path().join("x.json");
+    let full = c.dir.join(&c.full.file);
+    let sound = std::fs::read(&full).unwrap();
+    let mut bytes = sound.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&full, &bytes).unwrap();
+    for lenient in [false, true] {
+        let mut a = args!["restore", &c.dir, "--out", &x];
+        if lenient {
+            a.push(OsStr::new("--lenient"));
+        }
+        cli(a).fails(1, &c.full.file);
+    }
+    let v = cli(args!["--json", "restore", &c.dir, "--lenient", "--dry-run"]);
+    assert_eq!((v.code, &v.json()["error"]["kind"]), (1, &json!("damaged")));
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(&c.full.file), "{v:#?}");
+
+    std::fs::remove_file(&full).unwrap();
+    for a in [
+        args!["restore", &c.dir, "--out", &x],
+        args!["restore", &c.dir, "--dry-run", "--lenient"],
+    ] {
+        let r = cli(a);
+        r.fails(1, &c.d1.file);
+        assert!(r.stderr.contains(&c.full.file), "{r:#?}");
+    }
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(&c.d1.file), "{v:#?}");
+    assert!(!x.exists());
+}
+
+/// The hint for a file without checksum after ours names an option that
+/// exists, and that option accepts it, in restore and verify alike.
+#[tokio::test]
+async fn allow_unverified_is_an_option_of_restore_and_verify() {
+    let c = make_chain().await;
+    let python = "dictdb_backup_1999999999_000000.json";
+    std::fs::write(
+        c.dir.join(python),
+        r#"{"tables":{"t":{"primary_key":"id","schema":null,"records":[{"id":1}]}}}"#,
+    )
+    .unwrap();
+    let x = c.tmp.path().join("x.json");
+    let r = cli(args!["restore", &c.dir, "--out", &x]);
+    r.fails(1, "--allow-unverified");
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(python), "{v:#?}");
+    cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]).ok();
+    assert!(load(&x).table("t").is_ok());
+    cli(args!["verify", &c.dir, "--allow-unverified"]).ok();
+}
+
+/// Names and paths printed in messages are escaped: a file name cannot
+/// forge lines or send terminal escapes.
+#[tokio::test]
+async fn control_characters_in_paths_are_escaped_in_messages() {
+    let c = make_chain().await;
+    let hostile = c.tmp.path().join("notes\nkeep x\u{1b}[31m");
+    std::fs::write(&hostile, "").unwrap();
+    let r = cli(args!["inspect", &hostile]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(!r.stderr.contains('\u{1b}'), "{r:#?}");
+    assert!(r.stderr.contains("notes\\nkeep x\\u{1b}[31m"), "{r:#?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:#?}");
+}

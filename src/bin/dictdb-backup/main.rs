@@ -111,6 +111,12 @@ enum Command {
     Verify {
         #[arg(value_name = "STORE", help = STORE_HELP)]
         store: PathBuf,
+        /// Accept files without a checksum (written by the Python original)
+        /// even after files written by dictdb in the store, where they are
+        /// refused by default: a damaged file of ours cannot lose its
+        /// checksum in one byte, but the store may hold worse damage.
+        #[arg(long)]
+        allow_unverified: bool,
     },
     /// Restore a store (up to a time or a sequence number) into one full backup file.
     ///
@@ -151,6 +157,12 @@ enum Command {
         /// Show what a restore would apply, reading and checking everything; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept files without a checksum (written by the Python original)
+        /// even after files written by dictdb in the store, where they are
+        /// refused by default: a damaged file of ours cannot lose its
+        /// checksum in one byte, but the store may hold worse damage.
+        #[arg(long)]
+        allow_unverified: bool,
     },
     /// Read and check one backup file: kind, time, tables, records, upserts and deletes.
     ///
@@ -256,7 +268,10 @@ async fn main() -> ExitCode {
 async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
     match command {
         Command::List { store } => list::run(&store, out).await,
-        Command::Verify { store } => verify::run(&store, out).await,
+        Command::Verify {
+            store,
+            allow_unverified,
+        } => verify::run(&store, allow_unverified, out).await,
         Command::Restore {
             store,
             out: file,
@@ -265,6 +280,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             format,
             lenient,
             dry_run,
+            allow_unverified,
         } => {
             let req = restore::Request {
                 dir: store,
@@ -274,6 +290,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
                 format,
                 lenient,
                 dry_run,
+                allow_unverified,
             };
             restore::run(req, out).await
         }

@@ -92,7 +92,11 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     let store = store::open(&req.store)?;
     let listing = store.list_all().await?;
     let plan = policy.plan(&listing.files, SystemTime::now());
-    let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
+    let mut report = PruneReport::of(
+        dictdb::printable_name(&store.location()),
+        &plan,
+        req.dry_run,
+    );
     let refused = listing.refuse_untrusted_names().skipped;
     report.skipped = refused
         .into_iter()

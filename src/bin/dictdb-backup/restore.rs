@@ -28,6 +28,7 @@ pub(crate) struct Request {
     pub(crate) format: Option<FileFormat>,
     pub(crate) lenient: bool,
     pub(crate) dry_run: bool,
+    pub(crate) allow_unverified: bool,
 }
 
 #[derive(Serialize)]
@@ -146,7 +147,9 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
 }
 
 fn options(req: &Request, store: Arc<dyn BackupStore>) -> Restore {
-    let mut r = crate::keys::restore(store).stop_at_last_consistent(req.lenient);
+    let mut r = crate::keys::restore(store)
+        .stop_at_last_consistent(req.lenient)
+        .allow_unverified(req.allow_unverified);
     if let Some(t) = req.until {
         r = r.until_time(time::system(t));
     }
@@ -164,7 +167,7 @@ async fn restore_to(
     let r = opts.run().await?;
     let saved = r.db.save_async(path, format).await?;
     let written = Written {
-        path: path.display().to_string(),
+        path: dictdb::printable_name(&path.display().to_string()),
         format: format.extension(),
         tables: r.db.snapshot().tables().len(),
         records: saved.records,
@@ -196,7 +199,7 @@ async fn report(
         })
         .collect();
     RestoreReport {
-        store: store.location(),
+        store: dictdb::printable_name(&store.location()),
         until: req.until.map(time::format),
         until_seq: req.until_seq,
         lenient: req.lenient,
