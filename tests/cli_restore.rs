@@ -467,3 +467,18 @@ async fn control_characters_in_paths_are_escaped_in_messages() {
     assert!(r.stderr.contains("notes\\nkeep x\\u{1b}[31m"), "{r:#?}");
     assert_eq!(r.stderr.lines().count(), 1, "{r:#?}");
 }
+
+/// A JSON `null` key is called `null`, not MessagePack's `nil`.
+#[test]
+fn a_null_key_is_called_null() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("dictdb_backup_1795682694_728491.json"),
+        r#"{"tables":{"u":{"primary_key":"id","schema":null,"records":[{"id":null}]}}}"#,
+    )
+    .unwrap();
+    let v = cli(args!["verify", tmp.path()]);
+    assert_eq!(v.code, 1, "{v:#?}");
+    assert!(v.stdout.contains("null cannot be a key"), "{v:#?}");
+    assert!(!v.stdout.contains("nil"), "{v:#?}");
+}
