@@ -144,7 +144,7 @@ enum Command {
         #[arg(long, value_name = "TIME", value_parser = time::parse_until, allow_hyphen_values = true)]
         until: Option<Timestamp>,
         /// Use only files whose sequence range ends at or before N.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_seq)]
         until_seq: Option<u64>,
         /// Output format: json (default, or by --out's extension) or msgpack;
         /// must agree with --out's extension when it has one.
@@ -227,6 +227,24 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// A sequence number, with a reason an operator can act on (the standard
+/// parser says "number too large to fit in target type").
+fn parse_seq(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>().map_err(|_| {
+            format!(
+                "sequence number {t} is beyond any database's (at most {})",
+                u64::MAX
+            )
+        })
+    } else {
+        Err(format!(
+            "not a sequence number: {t:?} (a whole number, as `dictdb-backup list` shows in SEQ)"
+        ))
+    }
 }
 
 fn parse_format(s: &str) -> Result<FileFormat, String> {
@@ -318,5 +336,19 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             };
             prune::run(req, out).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_are_refused_in_plain_words() {
+        assert_eq!(parse_seq("8"), Ok(8));
+        assert_eq!(parse_seq(&u64::MAX.to_string()), Ok(u64::MAX));
+        let e = parse_seq("18446744073709551616").unwrap_err();
+        assert!(e.contains("beyond") && !e.contains("target type"), "{e}");
+        assert!(parse_seq("8.5").unwrap_err().contains("whole number"));
     }
 }
