@@ -482,3 +482,31 @@ fn a_null_key_is_called_null() {
     assert!(v.stdout.contains("null cannot be a key"), "{v:#?}");
     assert!(!v.stdout.contains("nil"), "{v:#?}");
 }
+
+/// A bad `--identity` file is an identity file, not a "backup
+/// configuration"; a table name with control characters is printed
+/// escaped, in backticks.
+#[cfg(feature = "encryption")]
+#[tokio::test]
+async fn bad_identity_files_and_hostile_table_names_are_worded_for_operators() {
+    let c = make_chain().await;
+    let id = c.tmp.path().join("id.txt");
+    std::fs::write(&id, "AGE-SECRET-KEY-1QQQQ\n").unwrap();
+    let r = cli(args!["--identity", &id, "list", &c.dir]);
+    r.fails(2, "invalid identity file");
+    assert!(!r.stderr.contains("backup configuration"), "{r:#?}");
+
+    let dir = c.tmp.path().join("hostile");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("dictdb_backup_1795682694_728491.json"),
+        r#"{"tables":{"u\u001b[31m\nFAKE":{"primary_key":"id","schema":null,"records":[]}}}"#,
+    )
+    .unwrap();
+    let v = cli(args!["verify", &dir]);
+    assert_eq!(v.code, 1, "{v:#?}");
+    assert!(
+        v.stdout.contains(r"invalid table name `u\u{1b}[31m\nFAKE`"),
+        "{v:#?}"
+    );
+}

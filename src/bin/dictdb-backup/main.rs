@@ -92,8 +92,9 @@ enum Command {
     /// (run `verify`). Shows each file's kind, time (UTC), sequence range,
     /// tables, record or change count and size; `*` marks the chain a
     /// restore would use, `~` what a `--lenient` restore would use when
-    /// that chain is broken. Exit 0 when listed, 3 no such directory, 4 no
-    /// backups here.
+    /// that chain is broken. Exit 0 when listed, even when a header shows
+    /// a file DAMAGED or a chain BROKEN (`verify` is the check: exit 1), 3
+    /// no such directory, 4 no backups here.
     #[command(after_help = EXIT_CODES)]
     List {
         #[arg(value_name = "STORE", help = STORE_HELP)]
