@@ -21,7 +21,10 @@ pub enum Error {
 
     /// A table name that could not be used safely (empty, too long, a path
     /// separator, `..`, NUL or another control character).
-    #[error("invalid table name {name:?}: {reason}")]
+    #[error(
+        "invalid table name `{}`: {reason}",
+        crate::naming::printable_name(name)
+    )]
     InvalidTableName {
         /// The rejected name.
         name: String,

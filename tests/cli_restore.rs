@@ -314,3 +314,199 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// The store given as a `file://` URL is the same directory: a backup-named
+/// `--out` into it is refused as with a plain path, and nothing is replaced
+/// (it used to overwrite the newest full backup with an older state).
+#[cfg(feature = "object-store")]
+#[tokio::test]
+async fn out_into_the_store_is_refused_however_the_store_is_spelled() {
+    let c = make_chain().await;
+    let dir = c.dir.canonicalize().unwrap();
+    let full = dir.join(&c.full.file);
+    let before = std::fs::read(&full).unwrap();
+    for url in [
+        format!("file://{}", dir.display()),
+        format!("FILE://{}", dir.display()),
+        format!("file://localhost{}", dir.display()),
+        format!("file://{}/", dir.display()),
+    ] {
+        let r = cli(args![
+            "restore",
+            &url,
+            "--until-seq",
+            &c.d1.seq.to_string(),
+            "--out",
+            &full
+        ]);
+        r.fails(2, "refusing");
+        assert_eq!(std::fs::read(&full).unwrap(), before, "{url}");
+        // A new backup name too: it would become the newest chain.
+        let new = dir.join("dictdb_backup_9999999999_000000.json");
+        cli(args!["restore", &url, "--out", &new]).fails(2, "refusing");
+        assert!(!new.exists(), "{url}");
+    }
+    cli(args!["verify", &c.dir]).ok();
+}
+
+/// Another store's backup is never replaced by `--out`; a plain name
+/// still is.
+#[tokio::test]
+async fn out_never_replaces_a_backup_of_another_store() {
+    let c = make_chain().await;
+    let other = c.tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let theirs = other.join(&c.full.file);
+    std::fs::write(&theirs, "their backup").unwrap();
+    cli(args!["restore", &c.dir, "--out", &theirs]).fails(2, "refusing to replace");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "their backup");
+    // A new backup name in another directory (seeding a new store) is fine.
+    let fresh = other.join("dictdb_backup_9999999999_000000.json");
+    cli(args!["restore", &c.dir, "--out", &fresh]).ok();
+    let plain = c.tmp.path().join("plain.json");
+    std::fs::write(&plain, "old").unwrap();
+    cli(args!["restore", &c.dir, "--out", &plain]).ok();
+    assert_eq!(common::dump(&load(&plain)), common::dump(&c.db));
+}
+
+/// `--format` that contradicts the name's extension is refused before any
+/// work (it used to write MessagePack into `x.json`).
+#[tokio::test]
+async fn format_must_agree_with_the_out_extension() {
+    let c = make_chain().await;
+    for (name, format) in [
+        ("x.json", "msgpack"),
+        ("x.msgpack", "json"),
+        ("x.json.zst", "msgpack"),
+    ] {
+        let x = c.tmp.path().join(name);
+        cli(args!["restore", &c.dir, "--out", &x, "--format", format]).fails(2, "the name says");
+        assert!(!x.exists(), "{name}");
+    }
+    for (name, format) in [
+        ("x.json", "json"),
+        ("x.msgpack", "msgpack"),
+        ("x.out", "msgpack"),
+    ] {
+        let x = c.tmp.path().join(name);
+        cli(args!["restore", &c.dir, "--out", &x, "--format", format]).ok();
+    }
+}
+
+/// Exit codes agree with verify: the only full backup damaged is damage
+/// (1, naming it) for `restore --lenient` too, and a store holding only
+/// deltas is a broken chain (1, naming the first delta and its missing
+/// base) for restore as for verify; both used to exit 4 ("no backups").
+#[tokio::test]
+async fn no_usable_full_backup_is_damage_not_an_empty_store() {
+    let c = make_chain().await;
+    let x = c.tmp.path().join("x.json");
+    let full = c.dir.join(&c.full.file);
+    let sound = std::fs::read(&full).unwrap();
+    let mut bytes = sound.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&full, &bytes).unwrap();
+    for lenient in [false, true] {
+        let mut a = args!["restore", &c.dir, "--out", &x];
+        if lenient {
+            a.push(OsStr::new("--lenient"));
+        }
+        cli(a).fails(1, &c.full.file);
+    }
+    let v = cli(args!["--json", "restore", &c.dir, "--lenient", "--dry-run"]);
+    assert_eq!((v.code, &v.json()["error"]["kind"]), (1, &json!("damaged")));
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(&c.full.file), "{v:#?}");
+
+    std::fs::remove_file(&full).unwrap();
+    for a in [
+        args!["restore", &c.dir, "--out", &x],
+        args!["restore", &c.dir, "--dry-run", "--lenient"],
+    ] {
+        let r = cli(a);
+        r.fails(1, &c.d1.file);
+        assert!(r.stderr.contains(&c.full.file), "{r:#?}");
+    }
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(&c.d1.file), "{v:#?}");
+    assert!(!x.exists());
+}
+
+/// The hint for a file without checksum after ours names an option that
+/// exists, and that option accepts it, in restore and verify alike.
+#[tokio::test]
+async fn allow_unverified_is_an_option_of_restore_and_verify() {
+    let c = make_chain().await;
+    let python = "dictdb_backup_1999999999_000000.json";
+    std::fs::write(
+        c.dir.join(python),
+        r#"{"tables":{"t":{"primary_key":"id","schema":null,"records":[{"id":1}]}}}"#,
+    )
+    .unwrap();
+    let x = c.tmp.path().join("x.json");
+    let r = cli(args!["restore", &c.dir, "--out", &x]);
+    r.fails(1, "--allow-unverified");
+    let v = cli(args!["verify", &c.dir]);
+    assert!(v.code == 1 && v.stdout.contains(python), "{v:#?}");
+    cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]).ok();
+    assert!(load(&x).table("t").is_ok());
+    cli(args!["verify", &c.dir, "--allow-unverified"]).ok();
+}
+
+/// Names and paths printed in messages are escaped: a file name cannot
+/// forge lines or send terminal escapes.
+#[tokio::test]
+async fn control_characters_in_paths_are_escaped_in_messages() {
+    let c = make_chain().await;
+    let hostile = c.tmp.path().join("notes\nkeep x\u{1b}[31m");
+    std::fs::write(&hostile, "").unwrap();
+    let r = cli(args!["inspect", &hostile]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(!r.stderr.contains('\u{1b}'), "{r:#?}");
+    assert!(r.stderr.contains("notes\\nkeep x\\u{1b}[31m"), "{r:#?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:#?}");
+}
+
+/// A JSON `null` key is called `null`, not MessagePack's `nil`.
+#[test]
+fn a_null_key_is_called_null() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("dictdb_backup_1795682694_728491.json"),
+        r#"{"tables":{"u":{"primary_key":"id","schema":null,"records":[{"id":null}]}}}"#,
+    )
+    .unwrap();
+    let v = cli(args!["verify", tmp.path()]);
+    assert_eq!(v.code, 1, "{v:#?}");
+    assert!(v.stdout.contains("null cannot be a key"), "{v:#?}");
+    assert!(!v.stdout.contains("nil"), "{v:#?}");
+}
+
+/// A bad `--identity` file is an identity file, not a "backup
+/// configuration"; a table name with control characters is printed
+/// escaped, in backticks.
+#[cfg(feature = "encryption")]
+#[tokio::test]
+async fn bad_identity_files_and_hostile_table_names_are_worded_for_operators() {
+    let c = make_chain().await;
+    let id = c.tmp.path().join("id.txt");
+    std::fs::write(&id, "AGE-SECRET-KEY-1QQQQ\n").unwrap();
+    let r = cli(args!["--identity", &id, "list", &c.dir]);
+    r.fails(2, "invalid identity file");
+    assert!(!r.stderr.contains("backup configuration"), "{r:#?}");
+
+    let dir = c.tmp.path().join("hostile");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("dictdb_backup_1795682694_728491.json"),
+        r#"{"tables":{"u\u001b[31m\nFAKE":{"primary_key":"id","schema":null,"records":[]}}}"#,
+    )
+    .unwrap();
+    let v = cli(args!["verify", &dir]);
+    assert_eq!(v.code, 1, "{v:#?}");
+    assert!(
+        v.stdout.contains(r"invalid table name `u\u{1b}[31m\nFAKE`"),
+        "{v:#?}"
+    );
+}

@@ -300,8 +300,98 @@ async fn corpus() -> Vec<Case> {
         files: damaged,
         target: last,
     });
+    // One bit flipped in a key name of the original's files, which carry no
+    // checksum: each must be refused, never read as a table without its
+    // records or a delta without its changes.
+    for (name, bytes) in &py {
+        for key in [
+            "primary_key",
+            "schema",
+            "records",
+            "upserts",
+            "deletes",
+            "timestamp",
+        ] {
+            let quoted = format!("\"{key}\"");
+            for (n, at) in String::from_utf8_lossy(bytes)
+                .match_indices(&quoted)
+                .map(|(at, _)| at)
+                .enumerate()
+                .filter(|(n, _)| *n < 2)
+            {
+                // `s` -> `r`, `y` -> `x`, ...: the last letter's low bit.
+                let mut flipped = bytes.clone();
+                flipped[at + key.len()] ^= 1;
+                let files = py
+                    .iter()
+                    .map(|(m, b)| {
+                        (
+                            m.clone(),
+                            if m == name {
+                                flipped.clone()
+                            } else {
+                                b.clone()
+                            },
+                        )
+                    })
+                    .collect();
+                out.push(Case {
+                    what: format!("{PY_KEY_FLIP}: {name}, `{key}` #{n}"),
+                    files,
+                    target: name.clone(),
+                });
+            }
+        }
+    }
+    // ... and a key left out, in a full backup and in a delta.
+    let b = "dictdb_backup_100_000000.json";
+    let d = "dictdb_delta_101_000000.json";
+    let full = br#"{"tables":{"users":{"primary_key":"id","schema":null,"records":[{"id":1}]}}}"#;
+    for (what, doc) in [
+        (
+            "no records",
+            &br#"{"tables":{"users":{"primary_key":"id","schema":null}}}"#[..],
+        ),
+        (
+            "an extra table key",
+            br#"{"tables":{"users":{"primary_key":"id","schema":null,"records":[],"x":1}}}"#,
+        ),
+    ] {
+        out.push(Case {
+            what: format!("{PY_KEY_FLIP}: full, {what}"),
+            files: vec![(b.into(), doc.to_vec())],
+            target: b.into(),
+        });
+    }
+    for (what, doc) in [
+        (
+            "no upserts",
+            &br#"{"type":"delta","timestamp":101.0,"tables":{"users":{"deletes":[1]}}}"#[..],
+        ),
+        (
+            "no deletes",
+            br#"{"type":"delta","timestamp":101.0,"tables":{"users":{"upserts":[{"id":2}]}}}"#,
+        ),
+        (
+            "an empty table",
+            br#"{"type":"delta","timestamp":101.0,"tables":{"users":{}}}"#,
+        ),
+        (
+            "no timestamp",
+            br#"{"type":"delta","tables":{"users":{"upserts":[],"deletes":[1]}}}"#,
+        ),
+    ] {
+        out.push(Case {
+            what: format!("{PY_KEY_FLIP}: delta, {what}"),
+            files: vec![(b.into(), full.to_vec()), (d.into(), doc.to_vec())],
+            target: d.into(),
+        });
+    }
     out
 }
+
+/// The cases that must be refused by verify, inspect and restore alike.
+const PY_KEY_FLIP: &str = "python key damaged";
 
 #[tokio::test]
 async fn verify_inspect_and_restore_agree_on_every_file() {
@@ -347,6 +437,14 @@ async fn verify_inspect_and_restore_agree_on_every_file() {
                 restored.is_err(),
                 "{}: a damaged file was restored",
                 case.what
+            );
+        }
+        if case.what.starts_with(PY_KEY_FLIP) {
+            assert!(
+                !file_ok && !inspected && restored.is_err(),
+                "{}: accepted (verify {file_ok}, inspect {inspected}, restore {:?})",
+                case.what,
+                restored.as_ref().map(|r| r.seq)
             );
         }
         if restored.is_ok() {

@@ -555,3 +555,70 @@ async fn the_newest_sound_chain_passes_over_newer_chains_that_do_not_restore() {
     assert_eq!(sound.base, None);
     assert_eq!(sound.newer_unsound.len(), 2);
 }
+
+/// A backup moved to another disk and linked back under its name is read
+/// through the link (it used to be left out silently: verify said OK and
+/// restore returned an older state); deleting it removes the link only.
+/// Any other entry named like a backup that is not a regular file is
+/// reported as skipped, never read.
+#[cfg(unix)]
+#[tokio::test]
+async fn symlinked_backups_are_read_and_other_entries_reported() {
+    use dictdb::store::BackupStore;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let elsewhere = tmp.path().join("other-disk");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (db, files, _, seqs) = chain(&dir).await;
+    // The newest delta, and the full backup, behind links.
+    for f in [&files[3], &files[0]] {
+        std::fs::rename(dir.join(f), elsewhere.join(f)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(f), dir.join(f)).unwrap();
+    }
+    let r = restore_dir(&dir).await.unwrap();
+    assert_eq!(r.seq, Some(seqs[3]));
+    assert_eq!(common::table_map(&r.db), common::table_map(&db));
+    let report = verify_dir(&dir).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report
+        .files
+        .iter()
+        .filter(|f| files.contains(&f.name))
+        .all(|f| f.status.as_ref().unwrap().is_verified()));
+
+    // Not regular files: a dangling link, links to a directory and a device.
+    let dangling = "dictdb_delta_9999999990_000000.json";
+    std::os::unix::fs::symlink(tmp.path().join("gone"), dir.join(dangling)).unwrap();
+    let to_dir = "dictdb_delta_9999999991_000000.json";
+    std::os::unix::fs::symlink(&elsewhere, dir.join(to_dir)).unwrap();
+    let to_dev = "dictdb_delta_9999999992_000000.json";
+    std::os::unix::fs::symlink("/dev/zero", dir.join(to_dev)).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("gone"), dir.join("notes.link")).unwrap();
+    let store = dictdb::LocalStore::existing(&dir).unwrap();
+    let listing = store.list_all().await.unwrap();
+    let skipped: Vec<&str> = listing.skipped.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(skipped, [dangling, to_dir, to_dev], "{listing:?}");
+    assert!(
+        listing.skipped[0].reason.contains("symbolic link"),
+        "{listing:?}"
+    );
+    assert!(listing
+        .files
+        .iter()
+        .all(|f| !f.name.starts_with("dictdb_delta_99")));
+    let report = verify_dir(&dir).await.unwrap();
+    assert!(
+        report
+            .files
+            .iter()
+            .any(|f| f.name == dangling && f.note.is_some()),
+        "{report:?}"
+    );
+    assert_eq!(restore_dir(&dir).await.unwrap().seq, Some(seqs[3]));
+
+    // Deleting a linked backup removes the link, never its target.
+    store.delete(&files[3]).await.unwrap();
+    assert!(std::fs::symlink_metadata(dir.join(&files[3])).is_err());
+    assert!(elsewhere.join(&files[3]).is_file());
+}

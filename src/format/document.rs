@@ -18,6 +18,16 @@
 //! remove at most one of them, so a damaged file of ours is never taken for
 //! one written by another tool (and the store's rules add a second guard,
 //! see `restore`).
+//!
+//! Inside a table object the grammar is strict for every file, the
+//! original's too, since those carry no checksum: `primary_key` and
+//! `records` are required in a full backup's table (`schema` may be left
+//! out: null), `upserts` and `deletes` in a delta's, a delta needs its
+//! `timestamp`, and an unknown key is an error naming it and its table. The
+//! original always writes all of them, so this refuses nothing it writes,
+//! while a key name damaged in one byte (`recordr`) no longer passes for an
+//! extra key with its records taken for none. Only the top level of the
+//! original's files may carry extra keys.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,12 +140,9 @@ pub(crate) fn decode<R: DocReader>(r: &mut R, want: Want) -> Res<Outcome> {
                 let Want::Body { pipeline } = want else {
                     return Ok(Outcome::Header(header));
                 };
-                let strict = meta.is_some();
                 body = Some(match kind {
-                    BackupKind::Full => {
-                        Body::Full(full_tables(r, meta.as_ref(), strict, pipeline)?)
-                    }
-                    BackupKind::Delta => Body::Delta(delta_tables(r, meta.as_ref(), strict)?),
+                    BackupKind::Full => Body::Full(full_tables(r, meta.as_ref(), pipeline)?),
+                    BackupKind::Delta => Body::Delta(delta_tables(r, meta.as_ref())?),
                 });
             }
             "checksum" => {
@@ -179,6 +186,11 @@ pub(crate) fn decode<R: DocReader>(r: &mut R, want: Want) -> Res<Outcome> {
     let Some(body) = body else {
         return bad(r, "no \"tables\"");
     };
+    // Every writer, the original included, gives a delta its time: a
+    // missing one is a damaged key name (extra top-level keys are allowed).
+    if kind == BackupKind::Delta && timestamp.is_none() {
+        return bad(r, "a delta with no `timestamp`");
+    }
     let read_as = match body {
         Body::Full(_) => BackupKind::Full,
         Body::Delta(_) => BackupKind::Delta,
@@ -242,6 +254,17 @@ fn table_name(r: &impl DocReader, name: &str, seen: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// The error for a key no table object holds, naming it and its table.
+/// Unknown keys are refused in every file, the original's included: its
+/// `load` reads `records` and ignores the rest, so a key damaged in one
+/// byte would pass for an extra one and its records for none.
+fn unknown_key(key: &str, table: &str) -> String {
+    format!(
+        "unknown key `{}` in table `{table}`",
+        crate::naming::printable_name(key)
+    )
+}
+
 /// Tracks the keys of one table object.
 struct Fields(Vec<&'static str>);
 
@@ -290,12 +313,7 @@ struct FullTable {
     schema: Option<Value>,
 }
 
-fn full_tables<R: DocReader>(
-    r: &mut R,
-    meta: Option<&Meta>,
-    strict: bool,
-    pipeline: bool,
-) -> Res<Snapshot> {
+fn full_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>, pipeline: bool) -> Res<Snapshot> {
     let mut sink: Box<dyn RecordSink> = if pipeline {
         match Pipeline::start() {
             Ok(p) => Box::new(p),
@@ -378,13 +396,18 @@ fn full_tables<R: DocReader>(
                 "upserts" | "deletes" => {
                     return bad(r, format!("a full backup's table holds `{key}`"));
                 }
-                other if strict => return bad(r, format!("unknown key `{other}` in a table")),
-                _ => r.skip()?,
+                // Also in the original's files, which carry no checksum:
+                // one damaged byte in a key name must not drop a table's
+                // records.
+                other => return bad(r, unknown_key(other, &name)),
             }
         }
         let Some(pk) = pk else {
-            return bad(r, format!("table `{name}` has no primary_key"));
+            return bad(r, format!("table `{name}` has no `primary_key`"));
         };
+        if !fields.0.contains(&"records") {
+            return bad(r, format!("table `{name}` has no `records`"));
+        }
         if !started {
             sink.start(&name, &pk).map_err(|e| sunk(r, e))?;
             sink.batch(held).map_err(|e| sunk(r, e))?;
@@ -438,7 +461,7 @@ fn full_tables<R: DocReader>(
     })
 }
 
-fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>, strict: bool) -> Res<ChangeSet> {
+fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>) -> Res<ChangeSet> {
     let mut set = ChangeSet::default();
     let mut names: Vec<String> = Vec::new();
     let mut counts = BTreeMap::new();
@@ -491,8 +514,14 @@ fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>, strict: bool) -> R
                 "records" | "primary_key" | "schema" => {
                     return bad(r, format!("a delta's table holds `{key}`"));
                 }
-                other if strict => return bad(r, format!("unknown key `{other}` in a table")),
-                _ => r.skip()?,
+                other => return bad(r, unknown_key(other, &name)),
+            }
+        }
+        // The original writes both for every table of a delta; without one,
+        // a damaged key name would silently drop changes.
+        for required in ["upserts", "deletes"] {
+            if !fields.0.contains(&required) {
+                return bad(r, format!("table `{name}` of a delta has no `{required}`"));
             }
         }
         total += (t.upserts.len() + t.deletes.len()) as u64;

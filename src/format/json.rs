@@ -581,7 +581,10 @@ fn parse_int(t: &[u8]) -> Option<Int> {
     };
     let mut v: u64 = 0;
     for &d in digits {
-        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        // Callers may pass a float token (`1.5`): `None`, never an
+        // arithmetic overflow.
+        let d = d.checked_sub(b'0').filter(|d| *d <= 9)?;
+        v = v.checked_mul(10)?.checked_add(u64::from(d))?;
     }
     if !neg {
         Some(Int::U(v))
@@ -934,6 +937,20 @@ impl DocWriter for JsonWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A float where a key or a count is expected is an error, never an
+    /// arithmetic overflow (a debug build panicked on `1.5` as a delete).
+    #[test]
+    fn parse_int_refuses_float_tokens() {
+        for t in ["1.5", "-2.5e3", "1e5", "0.0"] {
+            assert!(parse_int(t.as_bytes()).is_none(), "{t}");
+        }
+        assert!(matches!(parse_int(b"-7"), Some(Int::I(-7))));
+        let mut r = JsonReader::new(&b"1.5"[..]);
+        assert!(r.key().is_err());
+        let mut r = JsonReader::new(&b"2.5"[..]);
+        assert!(r.uint().is_err());
+    }
 
     fn transcode(text: &str) -> Result<Vec<u8>, String> {
         let mut r = JsonReader::new(text.as_bytes());

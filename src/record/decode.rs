@@ -25,7 +25,7 @@ impl Head {
     /// What the item is, for messages.
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            Head::Nil => "nil",
+            Head::Nil => "null",
             Head::Bool(_) => "a boolean",
             Head::Uint(_) | Head::Int(_) => "an integer",
             Head::Float(_) => "a float",
@@ -213,7 +213,7 @@ impl<'a> Reader<'a> {
 
 pub(crate) fn tok_name(t: &Tok<'_>) -> &'static str {
     match t {
-        Tok::Nil => "nil",
+        Tok::Nil => "null",
         Tok::Bool(_) => "a boolean",
         Tok::Uint(_) | Tok::Int(_) => "an integer",
         Tok::Float(_) => "a float",

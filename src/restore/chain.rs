@@ -204,7 +204,8 @@ impl Catalog {
                 format!(
                     "carries no checksum, but {first} and later files of this store were \
                      written by dictdb: a damaged file cannot be told from one written by the \
-                     Python original (allow unverified files to accept it)"
+                     Python original (if it is one: `dictdb-backup restore --allow-unverified`, \
+                     `Restore::allow_unverified(true)`)"
                 ),
             )),
             _ => Ok(()),

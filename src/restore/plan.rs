@@ -129,15 +129,41 @@ pub(crate) async fn choose(
         break;
     }
     let Some((base, base_header)) = base else {
-        let only_deltas = !catalog.entries.is_empty() && catalog.fulls().next().is_none();
-        return Err(Error::NoBackup(if only_deltas {
-            format!(
-                "{} (only deltas, no full backup to apply them to)",
-                catalog.store.location()
-            )
-        } else {
-            catalog.store.location()
-        }));
+        // Every full backup within the limits is damaged (lenient mode
+        // passed over them): damage, not an empty store; name the newest.
+        if let Some(s) = skipped.first() {
+            return Err(Error::corrupt(
+                &s.file,
+                format!(
+                    "no usable full backup in {}: this one is damaged ({}){}",
+                    catalog.store.location(),
+                    s.error,
+                    match skipped.len() {
+                        1 => String::new(),
+                        n => format!(", and {} older", n - 1),
+                    }
+                ),
+            ));
+        }
+        // Deltas and no full backup at all: name the first delta and the
+        // base it builds on (the command reports this as a broken chain).
+        if let Some(first) = catalog.entries.first() {
+            if catalog.fulls().next().is_none() {
+                let base = match catalog.header(first).await {
+                    Ok(h) => h.meta.and_then(|m| m.base),
+                    Err(_) => None,
+                };
+                let builds_on = base.map_or_else(String::new, |b| {
+                    format!(", which builds on {b}, not in the store")
+                });
+                return Err(Error::NoBackup(format!(
+                    "{} (only deltas, no full backup to apply them to: the first is {}{builds_on})",
+                    catalog.store.location(),
+                    first.file_name()
+                )));
+            }
+        }
+        return Err(Error::NoBackup(catalog.store.location()));
     };
     chain_from(opts, catalog, base, base_header).await
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tempfile::NamedTempFile;
 
-use super::{check_name, BackupStore, BackupWriter, FileReader, StoredFile, WriterLock, LOCK_FILE};
+use super::{
+    check_name, BackupStore, BackupWriter, FileReader, SkippedEntry, StoreListing, StoredFile,
+    WriterLock, LOCK_FILE,
+};
 use crate::error::{Error, Result};
 
 /// Prefix of temporary files; never one of ours or the original's names.
@@ -73,6 +76,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
             path: "blocking task".into(),
             message: e.to_string(),
         })?
+}
+
+/// Whether `name` looks like a backup's (trusted or not): such an entry that
+/// is not a regular file is reported rather than silently left out.
+fn backup_shaped(name: &str) -> bool {
+    !matches!(
+        crate::naming::BackupName::classify(name),
+        crate::naming::NameCheck::Other
+    )
 }
 
 /// `fsync` of a directory, so a rename in it is durable.
@@ -222,27 +234,69 @@ impl BackupStore for LocalStore {
     }
 
     async fn list(&self) -> Result<Vec<StoredFile>> {
+        Ok(self.list_all().await?.files)
+    }
+
+    /// Regular files, and symbolic links to regular files (a backup moved
+    /// to another disk and linked back under its name is read through the
+    /// link; deleting it removes the link only). Any other entry named like
+    /// a backup (a dangling link, a link to a directory or a device, a
+    /// directory, a FIFO) is reported as skipped, never read.
+    async fn list_all(&self) -> Result<StoreListing> {
         let dir = Arc::clone(&self.dir);
         blocking(move || {
             let mut out = Vec::new();
+            let mut skipped = Vec::new();
             for entry in fs::read_dir(&*dir).map_err(|e| Error::io(dir.display(), e))? {
                 let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
                 let name = entry.file_name().to_string_lossy().to_string();
                 if name.starts_with(TMP_PREFIX) || name == LOCK_FILE {
                     continue;
                 }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Error::io(entry.path().display(), e))?;
+                let io = |e| Error::io(entry.path().display(), e);
+                let kind = entry.file_type().map_err(io)?;
+                let (meta, link) = if kind.is_symlink() {
+                    match fs::metadata(entry.path()) {
+                        Ok(m) => (m, true),
+                        Err(e) => {
+                            if backup_shaped(&name) {
+                                skipped.push(SkippedEntry::new(
+                                    &name,
+                                    None,
+                                    format!(
+                                        "a symbolic link whose target cannot be read ({e}): \
+                                         not read; restore its target or remove the link"
+                                    ),
+                                ));
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    (entry.metadata().map_err(io)?, false)
+                };
                 if meta.is_file() {
                     out.push(StoredFile {
                         name,
                         size: meta.len(),
                     });
+                } else if backup_shaped(&name) {
+                    let what = if meta.is_dir() {
+                        "a directory"
+                    } else {
+                        "a FIFO, socket or device"
+                    };
+                    let reason = if link {
+                        format!("a symbolic link to {what}: not a backup file, skipped")
+                    } else {
+                        format!("{what}: not a backup file, skipped")
+                    };
+                    skipped.push(SkippedEntry::new(&name, None, reason));
                 }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            skipped.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(StoreListing::new(out, skipped))
         })
         .await
     }

@@ -105,7 +105,7 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
             (older, resolve(&store, to_arg, to).await?)
         }
     };
-    let report = compare(store.location(), older, newer);
+    let report = compare(dictdb::printable_name(&store.location()), older, newer);
     out.report(&report)?;
     Ok(Exit::Ok)
 }

@@ -33,7 +33,8 @@ pub(crate) enum Exit {
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  done, and everything was sound
-  1  backup data is damaged: a damaged file, a broken chain, verify failed
+  1  backup data is damaged: a damaged file, a broken chain (also: only
+     deltas, or no full backup that is not damaged), verify failed
   2  usage, configuration or I/O error (also: missing object-store credentials)
   3  not found: no such directory, file or bucket
   4  no backups: none in the store, or none at or before --until / --until-seq
@@ -213,6 +214,12 @@ pub(crate) async fn explain(
             ))
             .about(file.clone())
         }
+        // Nothing to stop before: no full backup can be used.
+        Error::Chain { reason, .. } | Error::Corrupt { reason, .. }
+            if reason.contains("no full backup") || reason.contains("no usable full backup") =>
+        {
+            return CliError::from(e).hint("`verify` lists every problem")
+        }
         Error::Chain { .. } | Error::Corrupt { .. } | Error::ChecksumMismatch { .. } => {
             return CliError::from(e).hint(
                 "`restore --lenient` stops at the last consistent point before it; \
@@ -256,10 +263,28 @@ pub(crate) async fn explain(
             time::format(t),
             at(full)
         ),
-        (_, None) => format!(
-            "{location}: only deltas, no full backup to apply them to (first delta at {}: {first})",
-            at(first)
-        ),
+        // Deltas whose full backup is gone: a broken chain, as verify
+        // says (exit 1), not an empty store.
+        (_, None) => {
+            let base = e
+                .to_string()
+                .split_once(", which builds on ")
+                .and_then(|(_, b)| b.split_once(", not in the store"))
+                .map(|(b, _)| b.to_string());
+            let builds_on = base.map_or_else(String::new, |b| {
+                format!(", which builds on {b}: not in the store")
+            });
+            return CliError::new(
+                Exit::Damaged,
+                "broken_chain",
+                format!(
+                    "{location}: only deltas, no full backup to apply them to (the first, \
+                     at {}: {first}{builds_on}); `verify` lists every problem",
+                    at(first)
+                ),
+            )
+            .about(first.to_string());
+        }
         _ => match until_seq {
             Some(seq) => format!(
                 "{location}: no full backup at or before sequence {seq} \

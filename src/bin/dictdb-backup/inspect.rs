@@ -86,7 +86,7 @@ pub(crate) async fn run(
         delta.then(|| r.tables.iter().map(f).sum::<u64>())
     };
     let report = InspectReport {
-        path: shown,
+        path: dictdb::printable_name(&shown),
         upserts: sum(|t| t.records).filter(|_| r.status.is_ok()),
         deletes: sum(|t| t.deletes).filter(|_| r.status.is_ok()),
         file: checked,

@@ -31,8 +31,13 @@ pub(crate) fn load(files: &[PathBuf]) -> Result<(), CliError> {
             }
             _ => {}
         }
-        let ids = dictdb::encryption::Identity::from_file(f)
-            .map_err(|e| CliError::from(e).about(shown.clone()))?;
+        let ids = dictdb::encryption::Identity::from_file(f).map_err(|e| match e {
+            // Not a backup configuration: the operator's identity file.
+            dictdb::Error::Config(m) => {
+                CliError::usage(format!("invalid identity file: {m}")).about(shown.clone())
+            }
+            e => CliError::from(e).about(shown.clone()),
+        })?;
         all.extend(ids);
     }
     // Called once, from main, before anything reads the identities.

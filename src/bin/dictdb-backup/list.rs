@@ -110,7 +110,7 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
         .map(|f| Entry::of(f, strict.contains(&*f.name), loose.contains(&*f.name)))
         .collect();
     let report = ListReport {
-        store: store.location(),
+        store: dictdb::printable_name(&store.location()),
         files,
         chain,
         checksums_checked: false,

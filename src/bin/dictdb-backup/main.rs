@@ -93,8 +93,9 @@ enum Command {
     /// (run `verify`). Shows each file's kind, time (UTC), sequence range,
     /// tables, record or change count and size; `*` marks the chain a
     /// restore would use, `~` what a `--lenient` restore would use when
-    /// that chain is broken. Exit 0 when listed, 3 no such directory, 4 no
-    /// backups here.
+    /// that chain is broken. Exit 0 when listed, even when a header shows
+    /// a file DAMAGED or a chain BROKEN (`verify` is the check: exit 1), 3
+    /// no such directory, 4 no backups here.
     #[command(after_help = EXIT_CODES)]
     List {
         #[arg(value_name = "STORE", help = STORE_HELP)]
@@ -112,6 +113,12 @@ enum Command {
     Verify {
         #[arg(value_name = "STORE", help = STORE_HELP)]
         store: PathBuf,
+        /// Accept files without a checksum (written by the Python original)
+        /// even after files written by dictdb in the store, where they are
+        /// refused by default: a damaged file of ours cannot lose its
+        /// checksum in one byte, but the store may hold worse damage.
+        #[arg(long)]
+        allow_unverified: bool,
     },
     /// Restore a store (up to a time or a sequence number) into one full backup file.
     ///
@@ -126,7 +133,10 @@ enum Command {
     Restore {
         #[arg(value_name = "STORE", help = STORE_HELP)]
         store: PathBuf,
-        /// Where to write the restored database (replaced if it exists).
+        /// Where to write the restored database (replaced if it exists,
+        /// unless it is named like a backup: never into the store's own
+        /// directory, however the store is spelled, and never over an
+        /// existing backup-named file).
         #[arg(long, short, value_name = "FILE", required_unless_present = "dry_run")]
         out: Option<PathBuf>,
         /// Use only files written at or before TIME: RFC 3339
@@ -136,9 +146,10 @@ enum Command {
         #[arg(long, value_name = "TIME", value_parser = time::parse_until, allow_hyphen_values = true)]
         until: Option<Timestamp>,
         /// Use only files whose sequence range ends at or before N.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_seq)]
         until_seq: Option<u64>,
-        /// Output format: json (default, or by --out's extension) or msgpack.
+        /// Output format: json (default, or by --out's extension) or msgpack;
+        /// must agree with --out's extension when it has one.
         #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
         format: Option<FileFormat>,
         /// Stop at the last consistent point instead of failing on a
@@ -148,6 +159,12 @@ enum Command {
         /// Show what a restore would apply, reading and checking everything; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept files without a checksum (written by the Python original)
+        /// even after files written by dictdb in the store, where they are
+        /// refused by default: a damaged file of ours cannot lose its
+        /// checksum in one byte, but the store may hold worse damage.
+        #[arg(long)]
+        allow_unverified: bool,
     },
     /// Read and check one backup file: kind, time, tables, records, upserts and deletes.
     ///
@@ -242,6 +259,24 @@ enum Command {
     },
 }
 
+/// A sequence number, with a reason an operator can act on (the standard
+/// parser says "number too large to fit in target type").
+fn parse_seq(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>().map_err(|_| {
+            format!(
+                "sequence number {t} is beyond any database's (at most {})",
+                u64::MAX
+            )
+        })
+    } else {
+        Err(format!(
+            "not a sequence number: {t:?} (a whole number, as `dictdb-backup list` shows in SEQ)"
+        ))
+    }
+}
+
 fn parse_format(s: &str) -> Result<FileFormat, String> {
     s.parse::<FileFormat>().map_err(|e| e.to_string())
 }
@@ -281,7 +316,10 @@ async fn main() -> ExitCode {
 async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
     match command {
         Command::List { store } => list::run(&store, out).await,
-        Command::Verify { store } => verify::run(&store, out).await,
+        Command::Verify {
+            store,
+            allow_unverified,
+        } => verify::run(&store, allow_unverified, out).await,
         Command::Restore {
             store,
             out: file,
@@ -290,6 +328,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             format,
             lenient,
             dry_run,
+            allow_unverified,
         } => {
             let req = restore::Request {
                 dir: store,
@@ -299,6 +338,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
                 format,
                 lenient,
                 dry_run,
+                allow_unverified,
             };
             restore::run(req, out).await
         }
@@ -338,5 +378,19 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             };
             prune::run(req, out).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_are_refused_in_plain_words() {
+        assert_eq!(parse_seq("8"), Ok(8));
+        assert_eq!(parse_seq(&u64::MAX.to_string()), Ok(u64::MAX));
+        let e = parse_seq("18446744073709551616").unwrap_err();
+        assert!(e.contains("beyond") && !e.contains("target type"), "{e}");
+        assert!(parse_seq("8.5").unwrap_err().contains("whole number"));
     }
 }

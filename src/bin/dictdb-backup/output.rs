@@ -76,7 +76,11 @@ impl Output {
     }
 
     /// A line on stderr, prefixed with the command's name.
+    /// Control characters are escaped: a message may carry a path or a
+    /// name from the store (`notes\nkeep …\u{1b}[31m`), which must not
+    /// forge lines or reach the terminal as escapes.
     pub(crate) fn warn(&self, line: &str) {
+        let line = dictdb::printable_name(line);
         let _ = writeln!(io::stderr(), "dictdb-backup: {line}");
     }
 }

@@ -163,12 +163,16 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
                 "prune deleted nothing: no chain of {} restores ({why}); a prune keeps the newest \
                  chain that restores and everything newer, so with none it cannot tell what is \
                  safe to delete (run `verify` to see every problem)",
-                store.location()
+                dictdb::printable_name(&store.location())
             ),
         ));
     };
     let plan = policy.plan_keeping(&listing.files, SystemTime::now(), &restorable);
-    let mut report = PruneReport::of(store.location(), &plan, req.dry_run);
+    let mut report = PruneReport::of(
+        dictdb::printable_name(&store.location()),
+        &plan,
+        req.dry_run,
+    );
     report.restorable = Some(restorable);
     report.unsound = unsound;
     let refused = listing.refuse_untrusted_names().skipped;

@@ -28,6 +28,7 @@ pub(crate) struct Request {
     pub(crate) format: Option<FileFormat>,
     pub(crate) lenient: bool,
     pub(crate) dry_run: bool,
+    pub(crate) allow_unverified: bool,
 }
 
 #[derive(Serialize)]
@@ -101,7 +102,8 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
         (_, true) => None,
         (Some(path), false) => {
             let (path, by_name) = check_out(path, &req.dir)?;
-            Some((path, req.format.unwrap_or(by_name)))
+            let format = out_format(&path, req.format, by_name)?;
+            Some((path, format))
         }
         (None, false) => {
             return Err(CliError::usage(
@@ -145,7 +147,9 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
 }
 
 fn options(req: &Request, store: Arc<dyn BackupStore>) -> Restore {
-    let mut r = crate::keys::restore(store).stop_at_last_consistent(req.lenient);
+    let mut r = crate::keys::restore(store)
+        .stop_at_last_consistent(req.lenient)
+        .allow_unverified(req.allow_unverified);
     if let Some(t) = req.until {
         r = r.until_time(time::system(t));
     }
@@ -163,7 +167,7 @@ async fn restore_to(
     let r = opts.run().await?;
     let saved = r.db.save_async(path, format).await?;
     let written = Written {
-        path: path.display().to_string(),
+        path: dictdb::printable_name(&path.display().to_string()),
         format: format.extension(),
         tables: r.db.snapshot().tables().len(),
         records: saved.records,
@@ -195,7 +199,7 @@ async fn report(
         })
         .collect();
     RestoreReport {
-        store: store.location(),
+        store: dictdb::printable_name(&store.location()),
         until: req.until.map(time::format),
         until_seq: req.until_seq,
         lenient: req.lenient,
@@ -268,15 +272,46 @@ fn check_out(out: &Path, dir: &Path) -> Result<(PathBuf, FileFormat), CliError> 
     let backup_named = name
         .to_str()
         .is_some_and(|n| !matches!(BackupName::classify(n), dictdb::NameCheck::Other));
-    let same_dir = !store::is_url(dir)
-        && matches!((parent.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    // The store's own directory however it is spelled: a path, through a
+    // symlink, or a `file://` URL.
+    let same_dir = store::local_dir(dir).is_some_and(
+        |d| matches!((parent.canonicalize(), d.canonicalize()), (Ok(a), Ok(b)) if a == b),
+    );
     if backup_named && same_dir {
         return Err(CliError::usage(format!(
             "--out {shown}: refusing to write a backup-named file into the directory being restored"
         )));
     }
+    // Another store's backup (or a link to one) is never replaced either.
+    if backup_named && out.symlink_metadata().is_ok() {
+        return Err(CliError::usage(format!(
+            "--out {shown}: refusing to replace an existing backup-named file (another \
+             store's backup?); write to another name"
+        )));
+    }
     let format = store::format_by_name(out).unwrap_or(FileFormat::Json);
     Ok((out.to_path_buf(), format))
+}
+
+/// The output's format: `--format`, which must agree with the extension
+/// when the name has one (a `.json` file holding MessagePack would be read
+/// as neither by the Python original nor by `inspect`), else the name's.
+fn out_format(
+    out: &Path,
+    asked: Option<FileFormat>,
+    by_name: FileFormat,
+) -> Result<FileFormat, CliError> {
+    match (asked, store::format_by_name(out)) {
+        (Some(a), Some(n)) if a != n => Err(CliError::usage(format!(
+            "--out {}: the name says {} but --format says {}; name the file .{} or leave out --format",
+            dictdb::printable_name(&out.display().to_string()),
+            n.extension(),
+            a.extension(),
+            a.extension()
+        ))),
+        (Some(a), _) => Ok(a),
+        (None, _) => Ok(by_name),
+    }
 }
 
 impl fmt::Display for RestoreReport {

@@ -45,6 +45,33 @@ pub(crate) fn is_url(arg: &Path) -> bool {
     arg.to_string_lossy().contains("://")
 }
 
+/// The local directory a store argument names: the path itself, or the
+/// path of a `file://` URL (`file:///abs/dir`, `file://localhost/abs/dir`,
+/// any case of the scheme). `None` for a store elsewhere (`s3://`,
+/// `memory://`) or a URL that is not one.
+pub(crate) fn local_dir(arg: &Path) -> Option<std::path::PathBuf> {
+    if !is_url(arg) {
+        return Some(arg.to_path_buf());
+    }
+    file_url_dir(&arg.to_string_lossy())
+}
+
+#[cfg(feature = "object-store")]
+fn file_url_dir(text: &str) -> Option<std::path::PathBuf> {
+    let parsed = url::Url::parse(text).ok()?;
+    if !parsed.scheme().eq_ignore_ascii_case("file") {
+        return None;
+    }
+    parsed.to_file_path().ok()
+}
+
+/// Without object-store support no URL opens, so none names a directory
+/// anything could be written to through it.
+#[cfg(not(feature = "object-store"))]
+fn file_url_dir(_text: &str) -> Option<std::path::PathBuf> {
+    None
+}
+
 /// A directory that exists, or the error an operator needs.
 fn check_dir(dir: &Path) -> Result<(), CliError> {
     let shown = dir.display().to_string();

@@ -64,6 +64,12 @@ pub(crate) fn parse_at(s: &str, now: Timestamp) -> Result<Timestamp, String> {
         .to_zoned_datetime(TimeZone::UTC)
         .checked_add(FUTURE_YEARS.years())
         .map_or(Timestamp::MAX, |z| z.timestamp());
+    if leap_second(s) {
+        return Err(format!(
+            "invalid time {s:?}: second 60 (a leap second) names no time a backup has; \
+             give :59 or the next minute; {ACCEPTED}"
+        ));
+    }
     let t = if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         unix_seconds(s, latest)?
     } else if let Ok(t) = s.parse::<Timestamp>() {
@@ -147,15 +153,33 @@ fn before_now(s: &str, span: Span, now: Timestamp) -> Result<Timestamp, String> 
 }
 
 /// Why `s` is not a time, with what would be.
+/// Whether `s` is a date and time whose seconds are 60 (`…T08:51:60Z`),
+/// which the parser would silently read as :59.
+fn leap_second(s: &str) -> bool {
+    let Some(i) = s.find(['T', 't', ' ']) else {
+        return false;
+    };
+    let time = &s[i + 1..];
+    let b = time.as_bytes();
+    b.len() >= 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && &b[6..8] == b"60"
+        && b.get(8).is_none_or(|c| b".,Zz+-".contains(c))
+}
+
 fn explain(s: &str) -> String {
     let why = if s.len() >= 19 && s.as_bytes().get(10).is_some_and(|b| b"Tt ".contains(b)) {
         match s.parse::<jiff::civil::DateTime>() {
             Ok(_) => "no time zone: add Z for UTC or an offset such as +02:00".to_string(),
-            Err(e) => e.to_string(),
+            // The parser's own words name its internals ("parameter 'day'").
+            Err(_) => "no such date or time of day (months 01-12, days as in the month, \
+                       hours 00-23, minutes and seconds 00-59)"
+                .to_string(),
         }
     } else if s.len() == 10 && s.as_bytes().get(4) == Some(&b'-') {
         match s.parse::<Date>() {
-            Err(e) => e.to_string(),
+            Err(_) => "no such date (months 01-12, days as in the month)".into(),
             Ok(_) => "not a date".into(),
         }
     } else {
@@ -200,6 +224,26 @@ mod tests {
 
     fn at(s: &str) -> String {
         parse_at(s, now()).map(format).unwrap_or_else(|e| e)
+    }
+
+    #[test]
+    fn invalid_dates_and_leap_seconds_are_explained_in_plain_words() {
+        for s in ["2026-02-30", "2026-11-28T24:00:00Z", "2026-13-01T00:00:00Z"] {
+            let e = at(s);
+            assert!(e.contains("no such date"), "{s}: {e}");
+            assert!(
+                !e.contains("parameter") && !e.contains("failed to parse"),
+                "{s}: {e}"
+            );
+        }
+        for s in [
+            "2026-11-28T08:51:60Z",
+            "2026-11-28T08:51:60.5+02:00",
+            "2026-11-28 08:51:60Z",
+        ] {
+            assert!(at(s).contains("leap second"), "{s}: {}", at(s));
+        }
+        assert_eq!(at("2026-11-28T08:51:59Z"), "2026-11-28T08:51:59.000000Z");
     }
 
     #[test]

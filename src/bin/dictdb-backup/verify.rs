@@ -77,10 +77,11 @@ struct Counts {
     ignored: usize,
 }
 
-pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
+pub(crate) async fn run(dir: &Path, allow_unverified: bool, out: Output) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let progress = Progress::start("verifying", None);
     let report = crate::keys::restore(progress.meter(Arc::clone(&store)))
+        .allow_unverified(allow_unverified)
         .verify()
         .await;
     progress.finish();
@@ -149,7 +150,7 @@ pub(crate) async fn run(dir: &Path, out: Output) -> Result<Exit, CliError> {
         }
     }
     let report = VerifyReport {
-        store: store.location(),
+        store: dictdb::printable_name(&store.location()),
         ok,
         files,
         chains,
