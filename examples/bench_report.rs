@@ -194,6 +194,15 @@ fn zstd_threads() -> u32 {
         .unwrap_or(1)
 }
 
+/// The zstd level of the compressed runs (`DICTDB_BENCH_ZSTD_LEVEL`,
+/// default the library's), to compare levels side by side.
+fn zstd_compression() -> Compression {
+    std::env::var("DICTDB_BENCH_ZSTD_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Compression::zstd(), |level| Compression::Zstd { level })
+}
+
 /// The limit: the same records as `Vec<Value>`, written with a 1 MiB
 /// BufWriter, fsync, rename, fsync of the directory.
 fn limit_write(values: &[Value], dir: &Path, msgpack: bool) -> f64 {
@@ -350,7 +359,7 @@ async fn main() {
         let m = BackupManager::start(
             &db,
             BackupConfig::new(&dir)
-                .compression(Compression::zstd())
+                .compression(zstd_compression())
                 .compression_threads(zstd_threads()),
         )
         .await
@@ -374,7 +383,7 @@ async fn main() {
         // DICTDB_BENCH_STALL_ZSTD=1 measures the stalls of a compressed
         // backup instead (the keys keep their names).
         let compression = match std::env::var("DICTDB_BENCH_STALL_ZSTD").as_deref() {
-            Ok("1") => Compression::zstd(),
+            Ok("1") => zstd_compression(),
             _ => Compression::None,
         };
         let m = BackupManager::start(
@@ -521,7 +530,7 @@ async fn main() {
     // --- restore: the same, compressed with zstd ------------------------------
     {
         let dir = fresh_dir(&args.dir, "restore-zstd");
-        let m = incremental_manager_with(&db, &dir, Compression::zstd()).await;
+        let m = incremental_manager_with(&db, &dir, zstd_compression()).await;
         m.backup_full().await.unwrap();
         for round in 0..10 {
             changes.apply(&users, 200 + round);
