@@ -215,14 +215,13 @@ async fn verify_checks_every_chain_not_only_the_newest() {
             delta_name(format, 102),
             full_name(format, 200),
         );
-        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
         let store = MemStore::with(&[
             (
                 b1.clone(),
                 full_doc(format, &b1, 2, &users(vec![rec(M::Int(1), "a")])),
             ),
-            (d1.clone(), delta_doc(format, &d1, &b1, 2, 3, &[u(2)])),
-            (d2.clone(), delta_doc(format, &d2, &b1, 3, 4, &[u(3)])),
+            (d1.clone(), delta_doc(format, &d1, &b1, 2, 3, &[upsert(2)])),
+            (d2.clone(), delta_doc(format, &d2, &b1, 3, 4, &[upsert(3)])),
             (
                 b2.clone(),
                 full_doc(format, &b2, 9, &users(vec![rec(M::Int(1), "a")])),
@@ -255,32 +254,43 @@ async fn verify_checks_every_chain_not_only_the_newest() {
 
 // -- defect 4 ---------------------------------------------------------------
 
+/// Names at 100 (full, sequence 2), 110, 120 and 130 (deltas); puts the full
+/// backup and the first delta (2..3) in `store`.
+fn chain_start(store: &MemStore, format: FileFormat) -> [String; 4] {
+    let names = [
+        full_name(format, 100),
+        delta_name(format, 110),
+        delta_name(format, 120),
+        delta_name(format, 130),
+    ];
+    store.put(
+        &names[0],
+        full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
+    );
+    store.put(
+        &names[1],
+        delta_doc(format, &names[1], &names[0], 2, 3, &[upsert(2)]),
+    );
+    names
+}
+
+/// A delta's upsert of record `id` in `users`.
+fn upsert(id: i64) -> (&'static str, &'static str, Vec<M>, Vec<M>) {
+    ("users", "id", vec![rec(M::Int(id), "x")], vec![])
+}
+
 #[tokio::test]
 async fn point_in_time_across_a_gap_fails_or_says_what_is_missing() {
     for format in FORMATS {
         let store = Arc::new(MemStore::default());
-        let names = [
-            full_name(format, 100),
-            delta_name(format, 110),
-            delta_name(format, 120),
-            delta_name(format, 130),
-        ];
-        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
-        store.put(
-            &names[0],
-            full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
-        );
-        store.put(
-            &names[1],
-            delta_doc(format, &names[1], &names[0], 2, 3, &[u(2)]),
-        );
+        let names = chain_start(&store, format);
         store.put(
             &names[2],
-            delta_doc(format, &names[2], &names[0], 3, 4, &[u(3)]),
+            delta_doc(format, &names[2], &names[0], 3, 4, &[upsert(3)]),
         );
         store.put(
             &names[3],
-            delta_doc(format, &names[3], &names[0], 4, 5, &[u(4)]),
+            delta_doc(format, &names[3], &names[0], 4, 5, &[upsert(4)]),
         );
         store.remove(&names[2]);
         // A time after the missing delta, before the next one: the next one
@@ -343,24 +353,10 @@ async fn point_in_time_across_a_gap_fails_or_says_what_is_missing() {
 async fn a_damaged_file_after_the_limit_is_not_believed() {
     for format in FORMATS {
         let store = Arc::new(MemStore::default());
-        let names = [
-            full_name(format, 100),
-            delta_name(format, 110),
-            delta_name(format, 120),
-            delta_name(format, 130),
-        ];
-        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
-        store.put(
-            &names[0],
-            full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
-        );
-        store.put(
-            &names[1],
-            delta_doc(format, &names[1], &names[0], 2, 3, &[u(2)]),
-        );
+        let names = chain_start(&store, format);
         // The delta 3..4 at 120 is missing, and the file after it claims
         // to start at 3 (its header would link) but is damaged.
-        let mut witness = delta_doc(format, &names[3], &names[0], 3, 5, &[u(4)]);
+        let mut witness = delta_doc(format, &names[3], &names[0], 3, 5, &[upsert(4)]);
         let at = witness.iter().rposition(|&b| b == b'x').unwrap();
         witness[at] = b'y';
         store.put(&names[3], witness);
@@ -392,24 +388,10 @@ async fn a_damaged_file_after_the_limit_is_not_believed() {
 async fn until_seq_at_an_exact_cut_ignores_what_follows() {
     for format in FORMATS {
         let store = Arc::new(MemStore::default());
-        let names = [
-            full_name(format, 100),
-            delta_name(format, 110),
-            delta_name(format, 120),
-            delta_name(format, 130),
-        ];
-        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
-        store.put(
-            &names[0],
-            full_doc(format, &names[0], 2, &users(vec![rec(M::Int(1), "a")])),
-        );
-        store.put(
-            &names[1],
-            delta_doc(format, &names[1], &names[0], 2, 3, &[u(2)]),
-        );
+        let names = chain_start(&store, format);
         store.put(
             &names[3],
-            delta_doc(format, &names[3], &names[0], 4, 5, &[u(4)]),
+            delta_doc(format, &names[3], &names[0], 4, 5, &[upsert(4)]),
         );
         // 3..4 is missing: sequence 3 is exact, 4 is not there.
         let r = Restore::new(store.clone())
@@ -441,13 +423,18 @@ async fn crafted_documents_are_errors_naming_the_file() {
         let base = full_name(format, 100);
         let d1 = delta_name(format, 101);
         let d2 = delta_name(format, 102);
-        let u = |id: i64| ("users", "id", vec![rec(M::Int(id), "x")], vec![]);
         let base_doc = full_doc(format, &base, 5, &users(vec![rec(M::Int(1), "a")]));
         // A delta whose range goes backwards, then one that continues it.
         let store = MemStore::with(&[
             (base.clone(), base_doc.clone()),
-            (d1.clone(), delta_doc(format, &d1, &base, 5, 3, &[u(2)])),
-            (d2.clone(), delta_doc(format, &d2, &base, 3, 6, &[u(3)])),
+            (
+                d1.clone(),
+                delta_doc(format, &d1, &base, 5, 3, &[upsert(2)]),
+            ),
+            (
+                d2.clone(),
+                delta_doc(format, &d2, &base, 3, 6, &[upsert(3)]),
+            ),
         ]);
         refused(&store, &d1, "goes backwards").await;
 

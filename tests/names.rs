@@ -260,36 +260,11 @@ mod s3 {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::process::Command;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     use dictdb::store::{open_url_with, ObjectStoreOptions};
 
-    fn endpoint(test: &str) -> Option<String> {
-        match std::env::var("DICTDB_S3_ENDPOINT") {
-            Ok(e) if !e.trim().is_empty() => Some(e.trim().trim_end_matches('/').to_string()),
-            _ => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "{test}: skipped: DICTDB_S3_ENDPOINT not set (source .ci/s3-server.sh)"
-                );
-                None
-            }
-        }
-    }
-
-    fn unique_bucket(tag: &str) -> String {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        format!(
-            "dictdb-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        )
-    }
+    use crate::common::s3::{endpoint, unique_bucket};
 
     fn curl(args: &[&str]) -> String {
         let out = Command::new("curl")

@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::s3::{create_bucket, endpoint, unique_bucket};
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -32,50 +33,6 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
-
-/// The S3 endpoint to test against, or `None` (and a message) to skip.
-fn endpoint(test: &str) -> Option<String> {
-    match std::env::var("DICTDB_S3_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => Some(e.trim().trim_end_matches('/').to_string()),
-        _ => {
-            // Straight to stderr, past the test harness's capture, so the
-            // skip shows in a normal `cargo test` run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipped: DICTDB_S3_ENDPOINT not set (source .ci/s3-server.sh)"
-            );
-            None
-        }
-    }
-}
-
-/// A bucket name no other test (or earlier run) uses.
-fn unique_bucket(tag: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "dictdb-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Creates a bucket with a plain HTTP `PUT` (moto does not check signatures).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let out = Command::new("curl")
-        .args(["-sS", "-f", "--max-time", "10", "-X", "PUT"])
-        .arg(format!("{endpoint}/{bucket}"))
-        .output()
-        .expect("curl must be installed to create test buckets");
-    assert!(
-        out.status.success(),
-        "creating bucket {bucket} at {endpoint} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The multipart uploads in progress in a bucket (their upload ids).
 fn uploads_in_progress(endpoint: &str, bucket: &str) -> Vec<String> {

@@ -15,9 +15,8 @@ mod common;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
 
-use std::io::Write as _;
+use common::s3::{create_bucket, endpoint, unique_bucket};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,42 +24,6 @@ use dictdb::restore::{list_store, Restore};
 use dictdb::store::{open_url_with, BackupStore, ObjectStoreOptions, MIN_PART_SIZE};
 use dictdb::{BackupConfig, BackupManager, DictDB};
 use fault_proxy::{Fault, FaultProxy};
-
-/// The S3 endpoint to test against, or `None` (and a message) to skip.
-fn endpoint(test: &str) -> Option<String> {
-    match std::env::var("DICTDB_S3_ENDPOINT") {
-        Ok(e) if !e.trim().is_empty() => Some(e.trim().trim_end_matches('/').to_string()),
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: skipped: DICTDB_S3_ENDPOINT not set (source .ci/s3-server.sh)"
-            );
-            None
-        }
-    }
-}
-
-fn unique_bucket(tag: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "dictdb-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let out = Command::new("curl")
-        .args(["-sS", "-f", "--max-time", "10", "-X", "PUT"])
-        .arg(format!("{endpoint}/{bucket}"))
-        .output()
-        .expect("curl must be installed to create test buckets");
-    assert!(out.status.success(), "creating bucket {bucket} failed");
-}
 
 /// Options for `endpoint`, with explicit credentials and the given retry
 /// timeout (the longest a request may take, retries included) and

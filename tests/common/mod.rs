@@ -3,6 +3,7 @@
 
 pub mod craft;
 pub mod fault;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
