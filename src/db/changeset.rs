@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{validate_table_name, Change, DictDB, State, TableState};
+use super::{reclaim, validate_table_name, Change, DictDB, State, TableMap, TableState};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::record::Record;
@@ -440,6 +440,13 @@ impl DictDB {
         file: &str,
         writer: Writer,
     ) -> Result<Applied> {
+        if let Writer::Replica { cut } = writer {
+            for _ in 0..OPTIMISTIC_ROUNDS {
+                if let Some(applied) = self.swap_whole(changes, file, cut)? {
+                    return Ok(applied);
+                }
+            }
+        }
         for _ in 0..OPTIMISTIC_ROUNDS {
             match self.prepare_as(changes, file, writer)?.commit_timed() {
                 Err(Error::Conflict) => continue,
@@ -458,6 +465,79 @@ impl DictDB {
         drop(guard);
         leftovers.publish(self);
         Ok(Applied { affected, held })
+    }
+}
+
+impl DictDB {
+    /// A replica's apply: the database's next state worked out whole, off
+    /// the lock, on a copy of the table map (O(tables); each touched table
+    /// copies only the paths the changes take), then swapped in with one
+    /// pointer store. Readers wait for the swap only, whatever the number of
+    /// changes or tables; the replaced state is freed on another thread.
+    ///
+    /// `Ok(None)`: the database moved meanwhile (nothing changed; the caller
+    /// tries again).
+    fn swap_whole(
+        &self,
+        changes: &ChangeSet,
+        file: &str,
+        cut: Option<u64>,
+    ) -> Result<Option<Applied>> {
+        for name in changes.dropped.iter().chain(changes.created.keys()) {
+            validate_table_name(name).map_err(|e| Error::corrupt(file, e))?;
+        }
+        let (base, seq, incarnations) = {
+            let st = self.lock();
+            (Arc::clone(&st.tables), st.seq, st.next_incarnation)
+        };
+        let with_events = self.has_subscribers();
+        let Staged {
+            with_events: _,
+            dropped,
+            created,
+            tables,
+            events: record_events,
+            affected,
+        } = stage(changes, file, &base, with_events)?;
+        let mut next: TableMap = (*base).clone();
+        let mut next_incarnation = incarnations;
+        let (events, replaced) =
+            install_tables(&mut next, &mut next_incarnation, dropped, created, tables);
+        let (first, next_seq) = numbering(
+            seq,
+            (events.len() + affected) as u64,
+            Writer::Replica { cut },
+        );
+        let next = Arc::new(next);
+        let mut guard = self.lock();
+        let locked = Instant::now();
+        if !Arc::ptr_eq(&guard.tables, &base)
+            || guard.seq != seq
+            || guard.next_incarnation != incarnations
+            || (!with_events && self.has_subscribers())
+        {
+            drop(guard);
+            reclaim::later((next, base, replaced));
+            return Ok(None);
+        }
+        let old = std::mem::replace(&mut guard.tables, next);
+        guard.seq = next_seq;
+        guard.next_incarnation = next_incarnation;
+        self.shared
+            .activity
+            .store(next_seq, std::sync::atomic::Ordering::Relaxed);
+        let held = locked.elapsed();
+        drop(guard);
+        if with_events && self.has_subscribers() {
+            let all = events.into_iter().chain(record_events);
+            for (seq, (name, change)) in (first + 1..).zip(all) {
+                self.publish(seq, name, change);
+            }
+        }
+        // The last references to the nodes the changes replaced: freeing
+        // them costs as much as the changes did, and nobody waits for it.
+        reclaim::later((old, base, replaced));
+        Ok(Some(Applied { affected, held }))
     }
 }
 
@@ -569,49 +649,18 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
         events: record_events,
         affected,
     } = staged;
-    let mut replaced = Vec::new();
-    // Table drops and creations, published before the record changes. The
-    // record changes stay in their own vector: moving it here would copy
-    // O(changes) under the lock.
-    let mut events = Vec::with_capacity(dropped.len() + 2 * created.len());
-    for name in dropped {
-        if let Some((name, old)) = st.tables.remove_entry(&name) {
-            replaced.push(old);
-            events.push((name, Change::TableDropped));
-        }
-    }
-    for (name, primary_key) in created {
-        if let Some((old_name, old)) = st.tables.remove_entry(&name) {
-            replaced.push(old);
-            events.push((old_name, Change::TableDropped));
-        }
-        events.push((name, Change::TableCreated { primary_key }));
-    }
-    for (name, mut table) in tables {
-        table.incarnation = match st.tables.get(&name) {
-            Some(t) => t.incarnation,
-            None => st.new_incarnation(),
-        };
-        if let Some(old) = st.tables.insert(name, table) {
-            replaced.push(old);
-        }
-    }
+    let (mut events, replaced) = install_tables(
+        Arc::make_mut(&mut st.tables),
+        &mut st.next_incarnation,
+        dropped,
+        created,
+        tables,
+    );
     // One sequence number per change, whether or not its event was built
     // (`affected` counts the record changes).
     debug_assert!(record_events.is_empty() || record_events.len() == affected);
-    let k = (events.len() + affected) as u64;
-    // A replica's changes end at the writer's cut (a delta holds at most
-    // as many changes as the writer's sequence range: it folds them); the
-    // gap below them is the writer's changes that the file folded.
-    let cut = match writer {
-        Writer::Replica { cut } => cut,
-        Writer::User => None,
-    };
-    let first = match cut {
-        Some(cut) if cut >= st.seq + k => cut - k,
-        _ => st.seq,
-    };
-    st.seq = (first + k).max(cut.unwrap_or(0));
+    let (first, seq) = numbering(st.seq, (events.len() + affected) as u64, writer);
+    st.seq = seq;
     db.shared
         .activity
         .store(st.seq, std::sync::atomic::Ordering::Relaxed);
@@ -639,6 +688,69 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
             _replaced: replaced,
         },
     )
+}
+
+/// Puts staged tables into `tables`: drops and creations by name, then one
+/// root per staged table (a new table takes the next incarnation from
+/// `incarnations`). Returns the table drop and creation events, in order,
+/// and the table states replaced. O(tables).
+fn install_tables(
+    tables: &mut TableMap,
+    incarnations: &mut u64,
+    dropped: Vec<Arc<str>>,
+    created: Vec<(Arc<str>, Arc<str>)>,
+    staged: BTreeMap<Arc<str>, TableState>,
+) -> (Vec<(Arc<str>, Change)>, Vec<TableState>) {
+    let mut replaced = Vec::new();
+    // Table drops and creations, published before the record changes. The
+    // record changes stay in their own vector: moving it here would copy
+    // O(changes) under the lock.
+    let mut events = Vec::with_capacity(dropped.len() + 2 * created.len());
+    for name in dropped {
+        if let Some((name, old)) = tables.remove_entry(&name) {
+            replaced.push(old);
+            events.push((name, Change::TableDropped));
+        }
+    }
+    for (name, primary_key) in created {
+        if let Some((old_name, old)) = tables.remove_entry(&name) {
+            replaced.push(old);
+            events.push((old_name, Change::TableDropped));
+        }
+        events.push((name, Change::TableCreated { primary_key }));
+    }
+    for (name, mut table) in staged {
+        table.incarnation = match tables.get(&name) {
+            Some(t) => t.incarnation,
+            None => {
+                *incarnations += 1;
+                *incarnations
+            }
+        };
+        if let Some(old) = tables.insert(name, table) {
+            replaced.push(old);
+        }
+    }
+    (events, replaced)
+}
+
+/// Numbers `k` changes applied at sequence number `seq`: the sequence
+/// number before the first of them, and the database's sequence number
+/// after.
+///
+/// A replica's changes end at the writer's cut (a delta holds at most as
+/// many changes as the writer's sequence range: it folds them); the gap
+/// below them is the writer's changes that the file folded.
+fn numbering(seq: u64, k: u64, writer: Writer) -> (u64, u64) {
+    let cut = match writer {
+        Writer::Replica { cut } => cut,
+        Writer::User => None,
+    };
+    let first = match cut {
+        Some(cut) if cut >= seq + k => cut - k,
+        _ => seq,
+    };
+    (first, (first + k).max(cut.unwrap_or(0)))
 }
 
 #[cfg(test)]

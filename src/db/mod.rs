@@ -4,6 +4,7 @@
 mod changeset;
 mod file;
 mod mutation;
+pub(crate) mod reclaim;
 mod snapshot;
 mod table;
 
@@ -79,14 +80,21 @@ pub(crate) struct Shared {
     activity: AtomicU64,
 }
 
+/// The tables of a database, by name.
+pub(crate) type TableMap = BTreeMap<Arc<str>, TableState>;
+
 #[derive(Default)]
 pub(crate) struct State {
     /// Sequence number of the last committed change.
     pub(crate) seq: u64,
-    pub(crate) tables: BTreeMap<Arc<str>, TableState>,
+    /// Every table, behind one `Arc`: a replica works out its next state
+    /// on a copy of the map and swaps the whole of it in one step (see
+    /// `changeset.rs`). Writers change it through [`Arc::make_mut`], which
+    /// copies the map (O(tables)) only while such a copy is being made.
+    pub(crate) tables: Arc<TableMap>,
     /// Incarnation counter: a table dropped and created again is a new table,
     /// and handles to the old one stop working.
-    next_incarnation: u64,
+    pub(crate) next_incarnation: u64,
     /// Set on a replica's database: why writes are refused. Kept under the
     /// lock, so a write checks it in the same critical section it commits
     /// in, and clearing it (promotion) cannot race a write.
@@ -287,7 +295,7 @@ impl DictDB {
         let incarnation = st.new_incarnation();
         let name: Arc<str> = Arc::from(name);
         let pk: Arc<str> = Arc::from(primary_key);
-        st.tables.insert(
+        Arc::make_mut(&mut st.tables).insert(
             Arc::clone(&name),
             TableState::new(incarnation, Arc::clone(&pk)),
         );
@@ -303,7 +311,7 @@ impl DictDB {
         let mut st = self.lock();
         let st = &mut *st;
         st.check_writable()?;
-        let Some((name, _)) = st.tables.remove_entry(name) else {
+        let Some((name, _)) = Arc::make_mut(&mut st.tables).remove_entry(name) else {
             return Err(Error::TableNotFound(name.to_string()));
         };
         self.commit(&mut st.seq, &name, || Change::TableDropped);
@@ -394,7 +402,7 @@ impl DictDB {
                 ts.schema = t.schema;
                 ts.records = t.records;
                 ts.next_id = t.next_id;
-                st.tables.insert(t.name, ts);
+                Arc::make_mut(&mut st.tables).insert(t.name, ts);
             }
         }
         db

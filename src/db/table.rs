@@ -102,7 +102,7 @@ impl Table {
         let mut guard = self.db.lock();
         let st = &mut *guard;
         st.check_writable()?;
-        let t = match st.tables.get_mut(&*self.name) {
+        let t = match Arc::make_mut(&mut st.tables).get_mut(&*self.name) {
             Some(t) if t.incarnation == self.incarnation => t,
             _ => return Err(Error::TableNotFound(self.name.to_string())),
         };

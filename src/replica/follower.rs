@@ -333,7 +333,10 @@ impl Follower {
         let db = self.db.clone();
         let name = e.file_name().to_string();
         let applied = blocking(e.file_name(), move || {
-            db.apply_as(&changes, &name, Writer::Replica { cut })
+            let applied = db.apply_as(&changes, &name, Writer::Replica { cut });
+            // Ten thousand records to free: not while the replica waits.
+            crate::db::reclaim::later(changes);
+            applied
         })
         .await?;
         let affected = applied.affected;
@@ -397,7 +400,9 @@ impl Follower {
             // share and runs here, off the lock.
             let changes = db.snapshot().changes_to(&new_db.snapshot());
             drop(new_db);
-            db.apply_as(&changes, &file, Writer::Replica { cut })
+            let applied = db.apply_as(&changes, &file, Writer::Replica { cut });
+            crate::db::reclaim::later(changes);
+            applied
         })
         .await
         .map_err(named)?;
