@@ -418,7 +418,72 @@ async fn a_damaged_delta_stops_the_replica_at_the_previous_cut_until_the_next_fu
         Some(d2.file.as_str())
     );
     assert!(status.lag.is_current());
+    // Its upserts had reached the spare copy before the damage was found:
+    // that copy was thrown away, and the deltas after the repair apply to
+    // exactly the writer's cuts.
+    for round in 0..3 {
+        w.insert(400 + round * 10, 4);
+        w.users().delete(round + 1).unwrap();
+        let d = w.delta().await;
+        replica.sync().await.unwrap();
+        assert_eq!(table_map(replica.db()), w.cuts[&d.seq], "round {round}");
+    }
     w.manager.stop().await.unwrap();
+}
+
+/// The spare copy (in place, fed while the file is read) and the copying
+/// apply serve the same cuts and publish the same mutations, through
+/// deltas, a table created and dropped, and a chain switch.
+#[tokio::test]
+async fn replicas_with_and_without_a_spare_copy_serve_and_publish_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Writer::start(tmp.path()).await;
+    w.insert(1, 2000);
+    w.full().await;
+    let spared = Replica::follow(local(tmp.path()), quiet()).await.unwrap();
+    let copying = Replica::follow(local(tmp.path()), quiet().spare_copy(false))
+        .await
+        .unwrap();
+    let (mut rx_spared, mut rx_copying) = (spared.db().subscribe(), copying.db().subscribe());
+    let mutations = |rx: &mut tokio::sync::broadcast::Receiver<dictdb::Mutation>| {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| format!("{m:?}"))
+            .collect::<Vec<_>>()
+    };
+    for round in 0..8i64 {
+        // More upserts than one feed batch, updates, deletes and inserts.
+        for k in (1 + round..2000).step_by(3) {
+            let _ = w.users().update(k, json!({"round": round}));
+        }
+        for k in (2 + round..2000).step_by(97) {
+            let _ = w.users().delete(k);
+        }
+        w.insert(10_000 + round * 100, 50);
+        match round {
+            2 => {
+                let t = w.db.create_table("events").unwrap();
+                t.insert(json!({"kind": "a"})).unwrap();
+            }
+            4 => w.db.drop_table("events").unwrap(),
+            _ => {}
+        }
+        let d = if round == 6 {
+            w.full().await
+        } else {
+            w.delta().await
+        };
+        spared.sync().await.unwrap();
+        copying.sync().await.unwrap();
+        assert_eq!(table_map(spared.db()), w.cuts[&d.seq], "round {round}");
+        assert_eq!(table_map(copying.db()), w.cuts[&d.seq], "round {round}");
+        assert_eq!(spared.db().seq(), copying.db().seq());
+        let (a, b) = (mutations(&mut rx_spared), mutations(&mut rx_copying));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "round {round}");
+    }
+    w.manager.stop().await.unwrap();
+    spared.stop().await.unwrap();
+    copying.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -236,32 +236,46 @@ impl Seen {
     }
 }
 
-/// Every change of a set, worked out on copies of the tables.
-struct Staged {
-    /// Whether `events` holds the record changes (else nobody subscribed).
-    with_events: bool,
-    /// Tables the set drops (removed first, when they exist).
-    dropped: Vec<Arc<str>>,
-    /// Tables the set creates, with their key field (replacing any table of
-    /// that name).
-    created: Vec<(Arc<str>, Arc<str>)>,
-    /// The final state of each table the set writes (created or changed);
-    /// dropped tables are removed by name at commit.
-    tables: BTreeMap<Arc<str>, TableState>,
-    /// One event per record change, in order.
-    events: Vec<(Arc<str>, Change)>,
-    affected: usize,
+/// Checks the names of the tables a set drops and creates.
+pub(super) fn validate_names(changes: &ChangeSet, file: &str) -> Result<()> {
+    for name in changes.dropped.iter().chain(changes.created.keys()) {
+        validate_table_name(name).map_err(|e| Error::corrupt(file, e))?;
+    }
+    Ok(())
 }
 
-/// Works out every change of `changes` against `base` (the touched tables
-/// as they stand), without touching the database. `file` names errors.
+/// Every change of a set, worked out on copies of the tables.
+pub(super) struct Staged {
+    /// Whether `events` holds the record changes (else nobody subscribed).
+    pub(super) with_events: bool,
+    /// Tables the set drops (removed first, when they exist).
+    pub(super) dropped: Vec<Arc<str>>,
+    /// Tables the set creates, with their key field (replacing any table of
+    /// that name).
+    pub(super) created: Vec<(Arc<str>, Arc<str>)>,
+    /// The final state of each table the set writes (created or changed);
+    /// dropped tables are removed by name at commit.
+    pub(super) tables: BTreeMap<Arc<str>, TableState>,
+    /// One event per record change, in order.
+    pub(super) events: Vec<(Arc<str>, Change)>,
+    pub(super) affected: usize,
+}
+
+/// Works out every change of `changes` against `base` (at least the
+/// touched tables as they stand), without touching the database. `file`
+/// names errors.
+///
+/// Each table the set changes is taken out of `base` and changed where it
+/// stands: in place when nobody else holds its nodes (a replica's spare
+/// copy), else copying the paths the changes take (a map shared with the
+/// database). On an error `base` has lost the tables taken so far.
 ///
 /// `with_events`: build the record change events (skipped while nobody
 /// subscribes: a commit that then finds a subscriber stages again).
-fn stage(
+pub(super) fn stage(
     changes: &ChangeSet,
     file: &str,
-    base: &BTreeMap<Arc<str>, TableState>,
+    base: &mut TableMap,
     with_events: bool,
 ) -> Result<Staged> {
     // `None`: dropped by the set (and not created again).
@@ -287,7 +301,7 @@ fn stage(
                     format!("changes table `{name}`, which it also drops"),
                 ))
             }
-            None => base.get(name).cloned().ok_or_else(|| {
+            None => base.remove(name).ok_or_else(|| {
                 Error::corrupt(
                     file,
                     format!(
@@ -344,9 +358,8 @@ fn stage(
         let n = i128::from(*n);
         if let Some(Some(t)) = staged.get_mut(name) {
             t.next_id = t.next_id.max(n);
-        } else if let Some(t) = base.get(name) {
-            if t.next_id < n && !staged.contains_key(name) {
-                let mut t = t.clone();
+        } else if !staged.contains_key(name) && base.get(name).is_some_and(|t| t.next_id < n) {
+            if let Some(mut t) = base.remove(name) {
                 t.next_id = n;
                 staged.insert(Arc::clone(name), Some(t));
             }
@@ -415,15 +428,18 @@ impl DictDB {
         file: &str,
         writer: Writer,
     ) -> Result<PreparedChanges> {
-        for name in changes.dropped.iter().chain(changes.created.keys()) {
-            validate_table_name(name).map_err(|e| Error::corrupt(file, e))?;
-        }
+        validate_names(changes, file)?;
         let seen = {
             let st = self.lock();
             check(&st, writer)?;
             Seen::take(&st, changes)
         };
-        let staged = stage(changes, file, &seen.tables, self.has_subscribers())?;
+        let staged = stage(
+            changes,
+            file,
+            &mut seen.tables.clone(),
+            self.has_subscribers(),
+        )?;
         Ok(PreparedChanges {
             db: self.clone(),
             writer,
@@ -459,7 +475,7 @@ impl DictDB {
         check(&guard, writer)?;
         let seen = Seen::take(&guard, changes);
         // (Events always: a subscriber may come while this runs.)
-        let staged = stage(changes, file, &seen.tables, true)?;
+        let staged = stage(changes, file, &mut seen.tables.clone(), true)?;
         let (affected, leftovers) = install(self, &mut guard, writer, staged);
         let held = locked.elapsed();
         drop(guard);
@@ -483,14 +499,13 @@ impl DictDB {
         file: &str,
         cut: Option<u64>,
     ) -> Result<Option<Applied>> {
-        for name in changes.dropped.iter().chain(changes.created.keys()) {
-            validate_table_name(name).map_err(|e| Error::corrupt(file, e))?;
-        }
+        validate_names(changes, file)?;
         let (base, seq, incarnations) = {
             let st = self.lock();
             (Arc::clone(&st.tables), st.seq, st.next_incarnation)
         };
         let with_events = self.has_subscribers();
+        let mut next: TableMap = (*base).clone();
         let Staged {
             with_events: _,
             dropped,
@@ -498,8 +513,7 @@ impl DictDB {
             tables,
             events: record_events,
             affected,
-        } = stage(changes, file, &base, with_events)?;
-        let mut next: TableMap = (*base).clone();
+        } = stage(changes, file, &mut next, with_events)?;
         let mut next_incarnation = incarnations;
         let (events, replaced) =
             install_tables(&mut next, &mut next_incarnation, dropped, created, tables);
@@ -694,7 +708,7 @@ fn install(db: &DictDB, st: &mut State, writer: Writer, staged: Staged) -> (usiz
 /// root per staged table (a new table takes the next incarnation from
 /// `incarnations`). Returns the table drop and creation events, in order,
 /// and the table states replaced. O(tables).
-fn install_tables(
+pub(super) fn install_tables(
     tables: &mut TableMap,
     incarnations: &mut u64,
     dropped: Vec<Arc<str>>,
@@ -720,13 +734,12 @@ fn install_tables(
         events.push((name, Change::TableCreated { primary_key }));
     }
     for (name, mut table) in staged {
-        table.incarnation = match tables.get(&name) {
-            Some(t) => t.incarnation,
-            None => {
-                *incarnations += 1;
-                *incarnations
-            }
-        };
+        // A table the set creates is staged with incarnation 0; every other
+        // staged table keeps its own.
+        if table.incarnation == 0 {
+            *incarnations += 1;
+            table.incarnation = *incarnations;
+        }
         if let Some(old) = tables.insert(name, table) {
             replaced.push(old);
         }
@@ -741,7 +754,7 @@ fn install_tables(
 /// A replica's changes end at the writer's cut (a delta holds at most as
 /// many changes as the writer's sequence range: it folds them); the gap
 /// below them is the writer's changes that the file folded.
-fn numbering(seq: u64, k: u64, writer: Writer) -> (u64, u64) {
+pub(super) fn numbering(seq: u64, k: u64, writer: Writer) -> (u64, u64) {
     let cut = match writer {
         Writer::Replica { cut } => cut,
         Writer::User => None,

@@ -6,6 +6,7 @@ mod file;
 mod mutation;
 pub(crate) mod reclaim;
 mod snapshot;
+mod spare;
 mod table;
 
 use std::collections::BTreeMap;
@@ -18,11 +19,12 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 pub(crate) use changeset::record_key;
-pub(crate) use changeset::Writer;
+pub(crate) use changeset::Applied;
 pub use changeset::{ChangeSet, PreparedChanges, TableChanges};
 pub use file::{apply_delta, SaveInfo};
 pub use mutation::{Change, Mutation};
 pub use snapshot::{Snapshot, TableSnapshot};
+pub(crate) use spare::Spare;
 pub use table::{Table, Upsert};
 
 use crate::error::{Error, Result};

@@ -95,8 +95,25 @@ fn bad<T>(r: &impl DocReader, reason: impl Into<String>) -> Res<T> {
     })
 }
 
-/// Decodes a document.
-pub(crate) fn decode<R: DocReader>(r: &mut R, want: Want) -> Res<Outcome> {
+/// Receives a delta's upserts while the delta is decoded: in file order,
+/// in batches of up to [`FEED_BATCH`], before the file is known to be sound
+/// (a receiver must be ready to throw away what it did with them). Lets a
+/// replica apply a delta while it is still being read.
+pub(crate) trait UpsertFeed {
+    /// The next upserts of table `table`.
+    fn upserts(&mut self, table: &Arc<str>, records: &[Record]);
+}
+
+/// Upserts handed to an [`UpsertFeed`] at a time.
+pub(crate) const FEED_BATCH: usize = 512;
+
+/// Decodes a document; a delta's upserts also go to `feed` as they are
+/// read.
+pub(crate) fn decode<R: DocReader>(
+    r: &mut R,
+    want: Want,
+    mut feed: Option<&mut dyn UpsertFeed>,
+) -> Res<Outcome> {
     let mut seen: Vec<String> = Vec::new();
     let mut key = String::new();
     let mut meta: Option<Meta> = None;
@@ -142,7 +159,7 @@ pub(crate) fn decode<R: DocReader>(r: &mut R, want: Want) -> Res<Outcome> {
                 };
                 body = Some(match kind {
                     BackupKind::Full => Body::Full(full_tables(r, meta.as_ref(), pipeline)?),
-                    BackupKind::Delta => Body::Delta(delta_tables(r, meta.as_ref())?),
+                    BackupKind::Delta => Body::Delta(delta_tables(r, meta.as_ref(), feed.take())?),
                 });
             }
             "checksum" => {
@@ -461,7 +478,11 @@ fn full_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>, pipeline: bool) -> 
     })
 }
 
-fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>) -> Res<ChangeSet> {
+fn delta_tables<R: DocReader>(
+    r: &mut R,
+    meta: Option<&Meta>,
+    mut feed: Option<&mut dyn UpsertFeed>,
+) -> Res<ChangeSet> {
     let mut set = ChangeSet::default();
     let mut names: Vec<String> = Vec::new();
     let mut counts = BTreeMap::new();
@@ -483,6 +504,8 @@ fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>) -> Res<ChangeSet> 
             ..TableChanges::default()
         };
         let mut fields = Fields(Vec::new());
+        // Upserts of this table handed to `feed` so far.
+        let mut fed = 0;
         r.begin_map()?;
         while r.next_key(&mut key)? {
             match key.as_str() {
@@ -502,6 +525,18 @@ fn delta_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>) -> Res<ChangeSet> 
                             }
                         }
                         t.upserts.push(rec);
+                        if let Some(f) = feed.as_mut() {
+                            if t.upserts.len() - fed >= FEED_BATCH {
+                                f.upserts(&t.name, &t.upserts[fed..]);
+                                fed = t.upserts.len();
+                            }
+                        }
+                    }
+                    if let Some(f) = feed.as_mut() {
+                        if t.upserts.len() > fed {
+                            f.upserts(&t.name, &t.upserts[fed..]);
+                            fed = t.upserts.len();
+                        }
                     }
                 }
                 "deletes" => {

@@ -37,7 +37,7 @@ use std::str::FromStr;
 
 pub(crate) use checksum::ChunkWriter;
 pub use checksum::Integrity;
-pub(crate) use document::{Body, Decoded, Doc, Header, Link, Outcome, Want, Written};
+pub(crate) use document::{Body, Decoded, Doc, Header, Link, Outcome, UpsertFeed, Want, Written};
 pub use transform::Compression;
 pub(crate) use transform::{Keys, Layers, Sealing};
 
@@ -151,10 +151,21 @@ pub(crate) fn decode<R: Read>(
     file: &str,
     pipeline: bool,
 ) -> Result<Decoded> {
+    decode_fed(read, format, file, pipeline, None)
+}
+
+/// [`decode`], handing a delta's upserts to `feed` as they are read.
+pub(crate) fn decode_fed<R: Read>(
+    read: R,
+    format: FileFormat,
+    file: &str,
+    pipeline: bool,
+    feed: Option<&mut dyn UpsertFeed>,
+) -> Result<Decoded> {
     let want = Want::Body { pipeline };
     let outcome = match format {
-        FileFormat::Json => document::decode(&mut JsonReader::new(read), want),
-        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(read), want),
+        FileFormat::Json => document::decode(&mut JsonReader::new(read), want, feed),
+        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(read), want, feed),
     };
     match outcome.map_err(|f| error(f, file))? {
         Outcome::Whole(d) => Ok(d),
@@ -189,8 +200,10 @@ pub(crate) fn decode_header(
     file: &str,
 ) -> Result<Option<Header>> {
     let outcome = match format {
-        FileFormat::Json => document::decode(&mut JsonReader::new(prefix), Want::Header),
-        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(prefix), Want::Header),
+        FileFormat::Json => document::decode(&mut JsonReader::new(prefix), Want::Header, None),
+        FileFormat::MessagePack => {
+            document::decode(&mut MsgpackReader::new(prefix), Want::Header, None)
+        }
     };
     match outcome {
         Ok(Outcome::Header(h)) => Ok(Some(h)),

@@ -120,6 +120,12 @@ impl Record {
 
     /// Builds a record from MessagePack bytes that the codec's validating
     /// reader accepted (or that [`encode`] produced).
+    /// Whether both are the very same record (one allocation), not just
+    /// equal ones.
+    pub(crate) fn same(&self, other: &Record) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub(crate) fn from_validated(bytes: &[u8]) -> Record {
         Record(Arc::from(bytes))
     }

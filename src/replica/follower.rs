@@ -15,16 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant, SystemTime};
 
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::status::{
     AppliedFile, ChainSwitch, ReplicaCut, ReplicaEvent, ReplicaFailure, ReplicaLag, StatusCell,
 };
-use crate::db::{DictDB, Writer};
+use crate::db::{Applied, ChangeSet, DictDB, Spare};
 use crate::error::{Error, Result};
 use crate::format::Body;
 use crate::naming::{BackupKind, BackupName};
-use crate::restore::apply::{self, Failed};
+use crate::restore::apply::{self, Failed, Feed};
 use crate::restore::chain::{name_time, Catalog, Cursor, Entry};
 use crate::restore::{plan, PlannedFile, Restore, Restored};
 use crate::store::BackupStore;
@@ -121,6 +122,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::corrupt(file, format!("applying task failed: {e}")))?
 }
 
+/// Where one apply finds the spare copy of the tables.
+enum SpareIn {
+    /// No spare: the changes are worked out on a copy of their paths.
+    None,
+    Ready(Spare),
+    /// Being fed the file's upserts on its own thread.
+    Feeding(std::thread::JoinHandle<Spare>),
+}
+
 pub(crate) struct Follower {
     pub(crate) db: DictDB,
     pub(crate) store: Arc<dyn BackupStore>,
@@ -136,6 +146,8 @@ pub(crate) struct Follower {
     /// newest file).
     newest: Option<(String, Option<u64>)>,
     last_lag: ReplicaLag,
+    /// The next spare copy of the tables being made (see `db/spare.rs`).
+    spare: Option<JoinHandle<Option<Spare>>>,
 }
 
 impl Follower {
@@ -157,7 +169,15 @@ impl Follower {
             bad: HashMap::new(),
             newest: None,
             last_lag: ReplicaLag::default(),
+            spare: None,
         }
+    }
+
+    /// Starts making the spare copy of the tables (O(records), on a
+    /// blocking thread), for the first file the replica applies.
+    pub(crate) fn prepare_spare(&mut self) {
+        let db = self.db.clone();
+        self.spare = Some(tokio::task::spawn_blocking(move || Some(db.spare())));
     }
 
     /// Records a problem (an event when it is a new one).
@@ -307,6 +327,49 @@ impl Follower {
         None
     }
 
+    /// The spare copy of the tables, once the job making it is done.
+    async fn take_spare(&mut self) -> Option<Spare> {
+        match self.spare.take() {
+            Some(job) => job.await.ok().flatten(),
+            None => None,
+        }
+    }
+
+    /// Applies `changes` (read from `file`, which names errors) to the
+    /// replica's database: in place on the spare copy of its tables and
+    /// swapped in (see `db/spare.rs`), or on a copy of the paths they take
+    /// while there is no spare. Then the next spare is made off the
+    /// replica's path: the replaced copy catches up, or a new copy is made.
+    async fn apply_changes(
+        &mut self,
+        changes: ChangeSet,
+        file: &str,
+        cut: Option<u64>,
+        spare: SpareIn,
+    ) -> Result<Applied> {
+        let db = self.db.clone();
+        let name = file.to_string();
+        let (applied, behind, changes) = blocking(file, move || {
+            let spare = match spare {
+                SpareIn::Ready(s) => Some(s),
+                // The decoding has ended and dropped the feed: the thread
+                // finishes what it was handed and gives the spare back.
+                SpareIn::Feeding(handle) => handle.join().ok(),
+                SpareIn::None => None,
+            };
+            let (applied, behind) = db.apply_replica(spare, &changes, &name, cut)?;
+            Ok((applied, behind, changes))
+        })
+        .await?;
+        let db = self.db.clone();
+        let name = file.to_string();
+        self.spare = Some(tokio::task::spawn_blocking(move || {
+            let caught_up = behind.and_then(|b| b.catch_up(&changes, &name));
+            Some(caught_up.unwrap_or_else(|| db.spare()))
+        }));
+        Ok(applied)
+    }
+
     /// Reads, checks and applies one delta of the chain served.
     async fn apply_delta(&mut self, catalog: &Catalog, e: &Entry) -> Result<()> {
         let started = WallInstant::now();
@@ -318,7 +381,16 @@ impl Follower {
         // found without reading the file.
         let header = plan::checked_header(&self.opts, catalog, e).await?;
         cursor.check_link(e, &header)?;
-        let d = apply::check_file(&self.opts, catalog, e).await?;
+        // The upserts go to the spare copy while the file is read; if the
+        // file fails a check, the spare is thrown away (and made again).
+        let (feed, spare) = match self.take_spare().await {
+            Some(spare) => match spare.feed(self.db.has_subscribers()) {
+                Some((feed, thread)) => (Some(Box::new(feed) as Feed), SpareIn::Feeding(thread)),
+                None => (None, SpareIn::None),
+            },
+            None => (None, SpareIn::None),
+        };
+        let d = apply::check_file_fed(&self.opts, catalog, e, feed).await?;
         if d.header != header {
             return Err(Error::chain(
                 e.file_name(),
@@ -330,15 +402,9 @@ impl Follower {
             return Err(Error::corrupt(e.file_name(), "holds a full backup"));
         };
         let cut = d.header.meta.as_ref().map(|m| m.seq);
-        let db = self.db.clone();
-        let name = e.file_name().to_string();
-        let applied = blocking(e.file_name(), move || {
-            let applied = db.apply_as(&changes, &name, Writer::Replica { cut });
-            // Ten thousand records to free: not while the replica waits.
-            crate::db::reclaim::later(changes);
-            applied
-        })
-        .await?;
+        let applied = self
+            .apply_changes(changes, e.file_name(), cut, spare)
+            .await?;
         let affected = applied.affected;
         let planned = plan::planned(e, &d.header);
         let Some(pos) = self.pos.as_mut() else {
@@ -395,17 +461,23 @@ impl Follower {
         let new_db = restored.db.clone();
         let cut = restored.seq;
         let file = e.file_name().to_string();
-        let applied = blocking(e.file_name(), move || {
+        let changes = blocking(e.file_name(), move || {
             // Both snapshots are O(1); the diff skips what the two cuts
             // share and runs here, off the lock.
             let changes = db.snapshot().changes_to(&new_db.snapshot());
             drop(new_db);
-            let applied = db.apply_as(&changes, &file, Writer::Replica { cut });
-            crate::db::reclaim::later(changes);
-            applied
+            Ok(changes)
         })
         .await
         .map_err(named)?;
+        let spare = self
+            .take_spare()
+            .await
+            .map_or(SpareIn::None, SpareIn::Ready);
+        let applied = self
+            .apply_changes(changes, &file, cut, spare)
+            .await
+            .map_err(named)?;
         let affected = applied.affected;
         drop(restored.db);
         let from = self.pos.as_ref().map(|p| p.cursor.base.clone());

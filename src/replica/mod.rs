@@ -56,6 +56,7 @@ use status::StatusCell;
 pub struct ReplicaOptions {
     interval: Duration,
     allow_unverified: bool,
+    spare_copy: bool,
     /// Identities that decrypt the store's encrypted files.
     #[cfg(feature = "encryption")]
     identities: Vec<crate::encryption::Identity>,
@@ -66,6 +67,7 @@ impl Default for ReplicaOptions {
         ReplicaOptions {
             interval: Duration::from_secs(1),
             allow_unverified: false,
+            spare_copy: true,
             #[cfg(feature = "encryption")]
             identities: Vec::new(),
         }
@@ -78,6 +80,22 @@ impl ReplicaOptions {
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
+        self
+    }
+
+    /// Keeps a spare copy of the replica's table index, so that each file
+    /// is applied in place and swapped in (readers wait for one pointer
+    /// store either way). Default: true.
+    ///
+    /// With it, a 1% delta at a million records applies in about half the
+    /// time, and the replica holds two copies of its tree nodes (the
+    /// records themselves are shared): about 60 more bytes per record, and
+    /// a copy of the tables made once when following starts (off the
+    /// replica's path, the first file waits for it). Without it, each file
+    /// is worked out on a copy of the paths its changes take.
+    #[must_use]
+    pub fn spare_copy(mut self, spare_copy: bool) -> Self {
+        self.spare_copy = spare_copy;
         self
     }
 
@@ -250,6 +268,9 @@ impl Replica {
         );
         if let Some(p) = &follower.pos {
             status.set_cut(p.cut());
+        }
+        if options.spare_copy {
+            follower.prepare_spare();
         }
         // A first poll right away: the lag, why a lenient restore stopped
         // (found again, and remembered), anything written meanwhile.

@@ -19,7 +19,7 @@ use super::verify::Seen;
 use super::{Restore, Restored, Stopped};
 use crate::db::{ChangeSet, DictDB};
 use crate::error::{Error, Result};
-use crate::format::{self, transform, Body, Decoded, Keys};
+use crate::format::{self, transform, Body, Decoded, Keys, UpsertFeed};
 use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
@@ -47,19 +47,30 @@ fn pipeline(e: &Entry) -> bool {
 
 /// Decodes an opened file: decrypts and decompresses it as its name says,
 /// streaming, and decodes the plaintext. Runs on a blocking thread.
-fn decode_opened(e: &Entry, reader: FileReader, keys: &Keys) -> Result<Decoded> {
+fn decode_opened(
+    e: &Entry,
+    reader: FileReader,
+    keys: &Keys,
+    mut feed: Option<Feed>,
+) -> Result<Decoded> {
     let format = e.format()?;
     let plain = transform::open(reader, e.layers(), keys, e.file_name())?;
-    format::decode(plain, format, e.file_name(), pipeline(e))
+    let feed = feed.as_deref_mut().map(|f| f as &mut dyn UpsertFeed);
+    format::decode_fed(plain, format, e.file_name(), pipeline(e), feed)
 }
 
-/// Reads and decodes a whole file on the blocking pool, streaming it.
-pub(crate) async fn decode_entry(catalog: &Catalog, e: &Entry) -> Result<Decoded> {
+/// Where a delta's upserts go while it is decoded (see [`UpsertFeed`]).
+pub(crate) type Feed = Box<dyn UpsertFeed + Send>;
+
+/// Reads and decodes a whole file on the blocking pool, streaming it,
+/// handing a delta's upserts to `feed` as they are read (the feed is
+/// dropped when the decoding ends, however it ends).
+async fn decode_entry(catalog: &Catalog, e: &Entry, feed: Option<Feed>) -> Result<Decoded> {
     e.format()?;
     let reader = catalog.store.open(e.file_name()).await?;
     let entry = e.clone();
     let keys = catalog.keys.clone();
-    tokio::task::spawn_blocking(move || decode_opened(&entry, reader, &keys))
+    tokio::task::spawn_blocking(move || decode_opened(&entry, reader, &keys, feed))
         .await
         .map_err(|err| Error::corrupt(e.file_name(), format!("decoding task failed: {err}")))?
 }
@@ -69,7 +80,19 @@ pub(crate) async fn decode_entry(catalog: &Catalog, e: &Entry) -> Result<Decoded
 /// it may be trusted in this store. Restore, verify and inspect all judge a
 /// file with this function.
 pub(crate) async fn check_file(opts: &Restore, catalog: &Catalog, e: &Entry) -> Result<Decoded> {
-    let d = decode_entry(catalog, e).await?;
+    check_file_fed(opts, catalog, e, None).await
+}
+
+/// [`check_file`], handing a delta's upserts to `feed` while it is decoded
+/// (before any check has passed: the receiver throws its work away unless
+/// this returns the file).
+pub(crate) async fn check_file_fed(
+    opts: &Restore,
+    catalog: &Catalog,
+    e: &Entry,
+    feed: Option<Feed>,
+) -> Result<Decoded> {
+    let d = decode_entry(catalog, e, feed).await?;
     check_identity(e, &d.header)?;
     if d.header.meta.is_none() {
         catalog.unverified_allowed(e, opts.allow_unverified).await?;
@@ -168,7 +191,7 @@ fn read_ahead(
                         outstanding -= 1;
                     }
                 }
-                let decoded = reader.and_then(|r| decode_opened(&e, r, &keys));
+                let decoded = reader.and_then(|r| decode_opened(&e, r, &keys, None));
                 if decoder.blocking_send(decoded).is_err() {
                     break;
                 }
