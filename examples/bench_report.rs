@@ -262,41 +262,53 @@ async fn main() {
         out.insert(k.to_string(), json!(v));
     };
     put("records", n as f64);
+    // DICTDB_BENCH_ONLY=replica,delta: only those sections (comma-separated:
+    // inserts, managed, full, zstd, stall, delta, lag, restore, restore_zstd,
+    // replica), for a quick look at one figure; the report is the full run.
+    let only = std::env::var("DICTDB_BENCH_ONLY").ok();
+    let run = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s.trim() == section))
+    };
     eprintln!(
         "dictdb bench report: {n} records, {reps} repetitions, files in {}",
         args.dir.display()
     );
 
     // --- inserts, bare, and memory per record (first repetition) ---------
-    let mut bare = Vec::new();
-    let mut rss_per_record = 0.0;
-    for rep in 0..reps {
-        let db = DictDB::new();
-        let users = db.create_table("users").unwrap();
-        let before = rss_bytes();
-        let el = insert_all(&users, n);
-        if rep == 0 {
-            rss_per_record = rss_bytes().saturating_sub(before) as f64 / n as f64;
+    if run("inserts") {
+        let mut bare = Vec::new();
+        let mut rss_per_record = 0.0;
+        for rep in 0..reps {
+            let db = DictDB::new();
+            let users = db.create_table("users").unwrap();
+            let before = rss_bytes();
+            let el = insert_all(&users, n);
+            if rep == 0 {
+                rss_per_record = rss_bytes().saturating_sub(before) as f64 / n as f64;
+            }
+            bare.push(n as f64 / el.as_secs_f64());
         }
-        bare.push(n as f64 / el.as_secs_f64());
+        put("insert_bare_per_s", median(bare));
+        put("rss_bytes_per_record", rss_per_record);
     }
-    put("insert_bare_per_s", median(bare));
-    put("rss_bytes_per_record", rss_per_record);
 
     // --- inserts with an incremental manager folding every event ---------
-    let mut managed = Vec::new();
-    for rep in 0..reps {
-        let db = DictDB::new();
-        let users = db.create_table("users").unwrap();
-        let dir = fresh_dir(&args.dir, &format!("managed-{rep}"));
-        let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
-            .await
-            .unwrap();
-        let el = insert_all(&users, n);
-        managed.push(n as f64 / el.as_secs_f64());
-        m.stop().await.unwrap();
+    if run("managed") {
+        let mut managed = Vec::new();
+        for rep in 0..reps {
+            let db = DictDB::new();
+            let users = db.create_table("users").unwrap();
+            let dir = fresh_dir(&args.dir, &format!("managed-{rep}"));
+            let m = BackupManager::start(&db, BackupConfig::new(&dir).incremental(true))
+                .await
+                .unwrap();
+            let el = insert_all(&users, n);
+            managed.push(n as f64 / el.as_secs_f64());
+            m.stop().await.unwrap();
+        }
+        put("insert_managed_per_s", median(managed));
     }
-    put("insert_managed_per_s", median(managed));
 
     // --- the table every later step works on ------------------------------
     let db = DictDB::new();
@@ -305,293 +317,309 @@ async fn main() {
     let mut changes = Changes::new(n);
 
     // --- full backups and their limits ------------------------------------
-    let values: Vec<Value> = db
-        .snapshot()
-        .table("users")
-        .unwrap()
-        .iter()
-        .map(|(_, r)| r.to_value())
-        .collect();
-    for (format, key) in [
-        (FileFormat::Json, "json"),
-        (FileFormat::MessagePack, "msgpack"),
-    ] {
-        let dir = fresh_dir(&args.dir, &format!("full-{key}"));
-        let m = BackupManager::start(&db, BackupConfig::new(&dir).file_format(format))
-            .await
-            .unwrap();
-        let (mut times, mut limits, mut bytes) = (Vec::new(), Vec::new(), 0);
-        let mut disk = Vec::new();
-        for rep in 0..reps {
-            limits.push(limit_write(
-                &values,
-                &dir,
-                format == FileFormat::MessagePack,
-            ));
-            let t = Instant::now();
-            let info = m.backup_full().await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            bytes = info.bytes;
-            let path = dir.join(&info.file);
-            if format == FileFormat::Json {
-                // The physical limit, on the very bytes just written.
-                let file = std::fs::read(&path).unwrap();
-                std::fs::remove_file(&path).unwrap();
-                disk.push(limit_disk(&file, &dir).await);
-            } else {
-                std::fs::remove_file(&path).unwrap();
+    if run("full") {
+        let values: Vec<Value> = db
+            .snapshot()
+            .table("users")
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.to_value())
+            .collect();
+        for (format, key) in [
+            (FileFormat::Json, "json"),
+            (FileFormat::MessagePack, "msgpack"),
+        ] {
+            let dir = fresh_dir(&args.dir, &format!("full-{key}"));
+            let m = BackupManager::start(&db, BackupConfig::new(&dir).file_format(format))
+                .await
+                .unwrap();
+            let (mut times, mut limits, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let mut disk = Vec::new();
+            for rep in 0..reps {
+                limits.push(limit_write(
+                    &values,
+                    &dir,
+                    format == FileFormat::MessagePack,
+                ));
+                let t = Instant::now();
+                let info = m.backup_full().await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                bytes = info.bytes;
+                let path = dir.join(&info.file);
+                if format == FileFormat::Json {
+                    // The physical limit, on the very bytes just written.
+                    let file = std::fs::read(&path).unwrap();
+                    std::fs::remove_file(&path).unwrap();
+                    disk.push(limit_disk(&file, &dir).await);
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+                eprintln!("  full {key} #{rep}: {:.3} s", times[rep]);
             }
-            eprintln!("  full {key} #{rep}: {:.3} s", times[rep]);
+            m.stop().await.unwrap();
+            put(&format!("full_{key}_s"), median(times));
+            put(&format!("full_{key}_bytes"), bytes as f64);
+            put(&format!("limit_{key}_s"), median(limits));
+            if !disk.is_empty() {
+                put("limit_disk_s", median(disk));
+            }
         }
-        m.stop().await.unwrap();
-        put(&format!("full_{key}_s"), median(times));
-        put(&format!("full_{key}_bytes"), bytes as f64);
-        put(&format!("limit_{key}_s"), median(limits));
-        if !disk.is_empty() {
-            put("limit_disk_s", median(disk));
-        }
+        drop(values);
     }
-    drop(values);
 
     // --- full backup, JSON compressed with zstd (default level) ------------
-    {
-        let dir = fresh_dir(&args.dir, "full-json-zstd");
-        let m = BackupManager::start(
-            &db,
-            BackupConfig::new(&dir)
-                .compression(zstd_compression())
-                .compression_threads(zstd_threads()),
-        )
-        .await
-        .unwrap();
-        let (mut times, mut bytes) = (Vec::new(), 0);
-        for _ in 0..reps {
-            let t = Instant::now();
-            let info = m.backup_full().await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            bytes = info.bytes;
-            std::fs::remove_file(dir.join(&info.file)).unwrap();
+    if run("zstd") {
+        {
+            let dir = fresh_dir(&args.dir, "full-json-zstd");
+            let m = BackupManager::start(
+                &db,
+                BackupConfig::new(&dir)
+                    .compression(zstd_compression())
+                    .compression_threads(zstd_threads()),
+            )
+            .await
+            .unwrap();
+            let (mut times, mut bytes) = (Vec::new(), 0);
+            for _ in 0..reps {
+                let t = Instant::now();
+                let info = m.backup_full().await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                bytes = info.bytes;
+                std::fs::remove_file(dir.join(&info.file)).unwrap();
+            }
+            m.stop().await.unwrap();
+            put("full_json_zstd_s", median(times));
+            put("full_json_zstd_bytes", bytes as f64);
         }
-        m.stop().await.unwrap();
-        put("full_json_zstd_s", median(times));
-        put("full_json_zstd_bytes", bytes as f64);
     }
 
     // --- writer stalls while a full backup runs ----------------------------
-    {
-        let dir = fresh_dir(&args.dir, "stall");
-        // DICTDB_BENCH_STALL_ZSTD=1 measures the stalls of a compressed
-        // backup instead (the keys keep their names).
-        let compression = match std::env::var("DICTDB_BENCH_STALL_ZSTD").as_deref() {
-            Ok("1") => zstd_compression(),
-            _ => Compression::None,
-        };
-        let m = BackupManager::start(
-            &db,
-            BackupConfig::new(&dir)
-                .compression(compression)
-                .compression_threads(zstd_threads()),
-        )
-        .await
-        .unwrap();
-        let (mut maxes, mut p99s, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-        for rep in 0..reps {
-            let running = Arc::new(AtomicBool::new(true));
-            let writer = {
-                let users = users.clone();
-                let running = Arc::clone(&running);
-                let n = n as i64;
-                std::thread::spawn(move || {
-                    let mut lat = Vec::with_capacity(1 << 20);
-                    let mut i = 0i64;
-                    while running.load(Ordering::Relaxed) {
-                        i += 1;
-                        let id = (i * 7919 + rep as i64) % n + 1;
-                        let t = Instant::now();
-                        let _ = users.update(id, json!({"stall": i}));
-                        lat.push(t.elapsed().as_nanos() as u64);
-                    }
-                    lat
-                })
+    if run("stall") {
+        {
+            let dir = fresh_dir(&args.dir, "stall");
+            // DICTDB_BENCH_STALL_ZSTD=1 measures the stalls of a compressed
+            // backup instead (the keys keep their names).
+            let compression = match std::env::var("DICTDB_BENCH_STALL_ZSTD").as_deref() {
+                Ok("1") => zstd_compression(),
+                _ => Compression::None,
             };
-            let info = m.backup_full().await.unwrap();
-            running.store(false, Ordering::Relaxed);
-            let mut lat = writer.join().unwrap();
-            std::fs::remove_file(dir.join(&info.file)).unwrap();
-            lat.sort_unstable();
-            let max = *lat.last().unwrap_or(&0) as f64 / 1e3;
-            let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1e3;
-            eprintln!(
-                "  stall #{rep}: max {max:.0} us, p99 {p99:.1} us, {} writes",
-                lat.len()
-            );
-            maxes.push(max);
-            p99s.push(p99);
-            counts.push(lat.len() as f64);
+            let m = BackupManager::start(
+                &db,
+                BackupConfig::new(&dir)
+                    .compression(compression)
+                    .compression_threads(zstd_threads()),
+            )
+            .await
+            .unwrap();
+            let (mut maxes, mut p99s, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+            for rep in 0..reps {
+                let running = Arc::new(AtomicBool::new(true));
+                let writer = {
+                    let users = users.clone();
+                    let running = Arc::clone(&running);
+                    let n = n as i64;
+                    std::thread::spawn(move || {
+                        let mut lat = Vec::with_capacity(1 << 20);
+                        let mut i = 0i64;
+                        while running.load(Ordering::Relaxed) {
+                            i += 1;
+                            let id = (i * 7919 + rep as i64) % n + 1;
+                            let t = Instant::now();
+                            let _ = users.update(id, json!({"stall": i}));
+                            lat.push(t.elapsed().as_nanos() as u64);
+                        }
+                        lat
+                    })
+                };
+                let info = m.backup_full().await.unwrap();
+                running.store(false, Ordering::Relaxed);
+                let mut lat = writer.join().unwrap();
+                std::fs::remove_file(dir.join(&info.file)).unwrap();
+                lat.sort_unstable();
+                let max = *lat.last().unwrap_or(&0) as f64 / 1e3;
+                let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1e3;
+                eprintln!(
+                    "  stall #{rep}: max {max:.0} us, p99 {p99:.1} us, {} writes",
+                    lat.len()
+                );
+                maxes.push(max);
+                p99s.push(p99);
+                counts.push(lat.len() as f64);
+            }
+            // Every repetition, not only the median: the target holds for each.
+            for (i, (m, p)) in maxes.iter().zip(&p99s).enumerate() {
+                put(&format!("stall_max_us_rep{i}"), *m);
+                put(&format!("stall_p99_us_rep{i}"), *p);
+            }
+            m.stop().await.unwrap();
+            put("stall_max_us", median(maxes));
+            put("stall_p99_us", median(p99s));
+            put("stall_writes", median(counts));
         }
-        // Every repetition, not only the median: the target holds for each.
-        for (i, (m, p)) in maxes.iter().zip(&p99s).enumerate() {
-            put(&format!("stall_max_us_rep{i}"), *m);
-            put(&format!("stall_p99_us_rep{i}"), *p);
-        }
-        m.stop().await.unwrap();
-        put("stall_max_us", median(maxes));
-        put("stall_p99_us", median(p99s));
-        put("stall_writes", median(counts));
     }
 
     // --- deltas after 1% changes -------------------------------------------
-    {
-        let dir = fresh_dir(&args.dir, "delta");
-        let m = incremental_manager(&db, &dir).await;
-        // The full backup stays: deltas are only written on a base that
-        // is still in the store (otherwise they become full backups).
-        m.backup_full().await.unwrap();
-        let (mut times, mut bytes) = (Vec::new(), 0);
-        for rep in 0..reps {
-            changes.apply(&users, rep);
-            let t = Instant::now();
-            let out = m.backup_delta().await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            bytes = out.info().map_or(0, |i| i.bytes);
+    if run("delta") {
+        {
+            let dir = fresh_dir(&args.dir, "delta");
+            let m = incremental_manager(&db, &dir).await;
+            // The full backup stays: deltas are only written on a base that
+            // is still in the store (otherwise they become full backups).
+            m.backup_full().await.unwrap();
+            let (mut times, mut bytes) = (Vec::new(), 0);
+            for rep in 0..reps {
+                changes.apply(&users, rep);
+                let t = Instant::now();
+                let out = m.backup_delta().await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                bytes = out.info().map_or(0, |i| i.bytes);
+            }
+            m.stop().await.unwrap();
+            put("delta_1pct_s", median(times));
+            put("delta_1pct_bytes", bytes as f64);
         }
-        m.stop().await.unwrap();
-        put("delta_1pct_s", median(times));
-        put("delta_1pct_bytes", bytes as f64);
     }
 
     // --- the delta after a lagged mutation stream ----------------------------
-    {
-        // A second database of the same records whose event channel holds
-        // 16 events: the manager cannot keep up with a burst of changes and
-        // misses events, so its next delta compares the last cut with the
-        // new one instead of folding events.
-        let lag_db = DictDB::with_event_capacity(16);
-        let lag_users = lag_db.create_table("users").unwrap();
-        insert_all(&lag_users, n);
-        let mut lag_changes = Changes::new(n);
-        let dir = fresh_dir(&args.dir, "lag");
-        let m = incremental_manager(&lag_db, &dir).await;
-        m.backup_full().await.unwrap();
-        let mut events = m.subscribe();
-        let mut times = Vec::new();
-        for rep in 0..reps {
-            lag_changes.apply(&lag_users, rep);
-            let t = Instant::now();
-            let out = m.backup_delta().await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            let info = out.info().expect("a delta");
-            let mut lagged = false;
-            while let Ok(e) = events.try_recv() {
-                lagged |= matches!(e, BackupEvent::Lagged { .. });
+    if run("lag") {
+        {
+            // A second database of the same records whose event channel holds
+            // 16 events: the manager cannot keep up with a burst of changes and
+            // misses events, so its next delta compares the last cut with the
+            // new one instead of folding events.
+            let lag_db = DictDB::with_event_capacity(16);
+            let lag_users = lag_db.create_table("users").unwrap();
+            insert_all(&lag_users, n);
+            let mut lag_changes = Changes::new(n);
+            let dir = fresh_dir(&args.dir, "lag");
+            let m = incremental_manager(&lag_db, &dir).await;
+            m.backup_full().await.unwrap();
+            let mut events = m.subscribe();
+            let mut times = Vec::new();
+            for rep in 0..reps {
+                lag_changes.apply(&lag_users, rep);
+                let t = Instant::now();
+                let out = m.backup_delta().await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                let info = out.info().expect("a delta");
+                let mut lagged = false;
+                while let Ok(e) = events.try_recv() {
+                    lagged |= matches!(e, BackupEvent::Lagged { .. });
+                }
+                assert!(lagged, "the burst of changes did not make the manager lag");
+                assert_eq!(
+                    info.kind,
+                    dictdb::BackupKind::Delta,
+                    "after a lag, a delta (not a full backup)"
+                );
             }
-            assert!(lagged, "the burst of changes did not make the manager lag");
-            assert_eq!(
-                info.kind,
-                dictdb::BackupKind::Delta,
-                "after a lag, a delta (not a full backup)"
-            );
+            m.stop().await.unwrap();
+            put("delta_after_lag_s", median(times));
         }
-        m.stop().await.unwrap();
-        put("delta_after_lag_s", median(times));
     }
 
     // --- restore: JSON full backup plus 10 deltas of 1% ---------------------
-    {
-        let dir = fresh_dir(&args.dir, "restore");
-        let m = incremental_manager(&db, &dir).await;
-        let full = m.backup_full().await.unwrap();
-        for round in 0..10 {
-            changes.apply(&users, 100 + round);
-            m.backup_delta().await.unwrap();
+    if run("restore") {
+        {
+            let dir = fresh_dir(&args.dir, "restore");
+            let m = incremental_manager(&db, &dir).await;
+            let full = m.backup_full().await.unwrap();
+            for round in 0..10 {
+                changes.apply(&users, 100 + round);
+                m.backup_delta().await.unwrap();
+            }
+            m.stop().await.unwrap();
+            let (mut times, mut limits) = (Vec::new(), Vec::new());
+            let full_path = dir.join(&full.file);
+            for _ in 0..reps {
+                let bytes = std::fs::read(&full_path).unwrap();
+                let t = Instant::now();
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                limits.push(t.elapsed().as_secs_f64());
+                drop(v);
+                let t = Instant::now();
+                let restored = restore_dir(&dir).await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                assert_eq!(
+                    restored.db.seq(),
+                    db.seq(),
+                    "restore reached the live state"
+                );
+            }
+            put("restore_json_s", median(times));
+            put("limit_parse_json_s", median(limits));
         }
-        m.stop().await.unwrap();
-        let (mut times, mut limits) = (Vec::new(), Vec::new());
-        let full_path = dir.join(&full.file);
-        for _ in 0..reps {
-            let bytes = std::fs::read(&full_path).unwrap();
-            let t = Instant::now();
-            let v: Value = serde_json::from_slice(&bytes).unwrap();
-            limits.push(t.elapsed().as_secs_f64());
-            drop(v);
-            let t = Instant::now();
-            let restored = restore_dir(&dir).await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            assert_eq!(
-                restored.db.seq(),
-                db.seq(),
-                "restore reached the live state"
-            );
-        }
-        put("restore_json_s", median(times));
-        put("limit_parse_json_s", median(limits));
     }
 
     // --- restore: the same, compressed with zstd ------------------------------
-    {
-        let dir = fresh_dir(&args.dir, "restore-zstd");
-        let m = incremental_manager_with(&db, &dir, zstd_compression()).await;
-        m.backup_full().await.unwrap();
-        for round in 0..10 {
-            changes.apply(&users, 200 + round);
-            m.backup_delta().await.unwrap();
+    if run("restore_zstd") {
+        {
+            let dir = fresh_dir(&args.dir, "restore-zstd");
+            let m = incremental_manager_with(&db, &dir, zstd_compression()).await;
+            m.backup_full().await.unwrap();
+            for round in 0..10 {
+                changes.apply(&users, 200 + round);
+                m.backup_delta().await.unwrap();
+            }
+            m.stop().await.unwrap();
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                let restored = restore_dir(&dir).await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                assert_eq!(
+                    restored.db.seq(),
+                    db.seq(),
+                    "restore reached the live state"
+                );
+            }
+            put("restore_json_zstd_s", median(times));
         }
-        m.stop().await.unwrap();
-        let mut times = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            let restored = restore_dir(&dir).await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            assert_eq!(
-                restored.db.seq(),
-                db.seq(),
-                "restore reached the live state"
-            );
-        }
-        put("restore_json_zstd_s", median(times));
     }
     // --- a read replica applying one 1% delta ------------------------------
-    {
-        let dir = fresh_dir(&args.dir, "replica");
-        let m = incremental_manager(&db, &dir).await;
-        m.backup_full().await.unwrap();
-        let store: Arc<dyn dictdb::BackupStore> =
-            Arc::new(dictdb::LocalStore::open(&dir).expect("replica store"));
-        // Polls only when asked: each sync is one poll that finds one delta.
-        let replica = Replica::follow(
-            store,
-            ReplicaOptions::default().interval(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-        let mut events = replica.subscribe();
-        let (mut times, mut blocked) = (Vec::new(), Vec::new());
-        // The first file a new replica applies waits for its spare copy
-        // of the tables (made once, when following starts): reported on
-        // its own, then the replica's steady state is measured.
-        changes.apply(&users, 299);
-        m.backup_delta().await.unwrap();
-        let t = Instant::now();
-        replica.sync().await.unwrap();
-        put("replica_first_apply_s", t.elapsed().as_secs_f64());
-        for rep in 0..reps {
-            changes.apply(&users, 300 + rep);
+    if run("replica") {
+        {
+            let dir = fresh_dir(&args.dir, "replica");
+            let m = incremental_manager(&db, &dir).await;
+            m.backup_full().await.unwrap();
+            let store: Arc<dyn dictdb::BackupStore> =
+                Arc::new(dictdb::LocalStore::open(&dir).expect("replica store"));
+            // Polls only when asked: each sync is one poll that finds one delta.
+            let replica = Replica::follow(
+                store,
+                ReplicaOptions::default().interval(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+            let mut events = replica.subscribe();
+            let (mut times, mut blocked) = (Vec::new(), Vec::new());
+            // The first file a new replica applies waits for its spare copy
+            // of the tables (made once, when following starts): reported on
+            // its own, then the replica's steady state is measured.
+            changes.apply(&users, 299);
             m.backup_delta().await.unwrap();
             let t = Instant::now();
             replica.sync().await.unwrap();
-            times.push(t.elapsed().as_secs_f64());
-            assert_eq!(replica.db().seq(), db.seq(), "the replica reached the cut");
-            while let Ok(e) = events.try_recv() {
-                if let ReplicaEvent::Applied(a) = e {
-                    blocked.push(a.blocked.as_secs_f64() * 1e6);
+            put("replica_first_apply_s", t.elapsed().as_secs_f64());
+            for rep in 0..reps {
+                changes.apply(&users, 300 + rep);
+                m.backup_delta().await.unwrap();
+                let t = Instant::now();
+                replica.sync().await.unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                assert_eq!(replica.db().seq(), db.seq(), "the replica reached the cut");
+                while let Ok(e) = events.try_recv() {
+                    if let ReplicaEvent::Applied(a) = e {
+                        blocked.push(a.blocked.as_secs_f64() * 1e6);
+                    }
                 }
             }
+            m.stop().await.unwrap();
+            replica.stop().await.unwrap();
+            put("replica_apply_1pct_s", median(times));
+            // How long the swap held the database lock: what a reader waited.
+            put("replica_swap_us", median(blocked));
         }
-        m.stop().await.unwrap();
-        replica.stop().await.unwrap();
-        put("replica_apply_1pct_s", median(times));
-        // How long the swap held the database lock: what a reader waited.
-        put("replica_swap_us", median(blocked));
     }
     let _ = std::fs::remove_dir_all(&args.dir);
 

@@ -93,6 +93,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod background;
 pub mod backup;
 mod db;
 #[cfg(feature = "encryption")]

@@ -785,7 +785,7 @@ fn background<T: Send + 'static>(
         let worker = std::thread::Builder::new()
             .name("dictdb-backup".into())
             .spawn(move || {
-                lower_priority();
+                crate::background::lower_priority();
                 f()
             })
             .map_err(|e| format!("cannot start the serialisation thread: {e}"))?;
@@ -840,18 +840,6 @@ impl<'a> Pacer<'a> {
         self.since = std::time::Instant::now();
     }
 }
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: setpriority takes plain integers and has no memory-safety
-    // preconditions. On Linux, PRIO_PROCESS with `who` 0 applies to the
-    // calling thread only. Failure leaves the priority unchanged, which is
-    // harmless.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// What [`write_job`] produced.
 enum Produced {

@@ -24,7 +24,7 @@ pub use changeset::{ChangeSet, PreparedChanges, TableChanges};
 pub use file::{apply_delta, SaveInfo};
 pub use mutation::{Change, Mutation};
 pub use snapshot::{Snapshot, TableSnapshot};
-pub(crate) use spare::Spare;
+pub(crate) use spare::{Behind, Spare};
 pub use table::{Table, Upsert};
 
 use crate::error::{Error, Result};

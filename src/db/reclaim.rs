@@ -23,6 +23,7 @@ fn queue() -> Option<&'static Mutex<Sender<Garbage>>> {
             std::thread::Builder::new()
                 .name("dictdb-reclaim".into())
                 .spawn(move || {
+                    crate::background::lower_priority();
                     for garbage in rx {
                         drop(garbage);
                     }

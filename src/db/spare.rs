@@ -17,7 +17,7 @@
 //! copy costs the tree nodes only.
 //!
 //! A delta's upserts reach the spare while the delta is still being read
-//! (an [`UpsertFeed`] on a thread of its own), so reading and applying
+//! (an [`DeltaFeed`] on a thread of its own), so reading and applying
 //! overlap; the rest of the file (deletes, tables created or dropped, key
 //! counters, and upserts the feed could not apply) is applied once the file
 //! is known to be sound. A file that turns out unsound throws the spare
@@ -34,7 +34,8 @@ use super::changeset::{
 };
 use super::{reclaim, Change, ChangeSet, DictDB, TableChanges, TableMap, TableState};
 use crate::error::Result;
-use crate::format::UpsertFeed;
+use crate::format::DeltaFeed;
+use crate::key::Key;
 use crate::record::Record;
 
 /// A copy of a database's tables with tree nodes of its own.
@@ -56,28 +57,47 @@ pub(crate) struct Spare {
 /// What a feed applied to one table of the spare.
 #[derive(Default)]
 struct Ahead {
-    /// How many of the table's upserts in the file (always the first ones).
-    upserts: usize,
-    /// Those upserts (the same records as the file's: checked by identity
-    /// before the rest is applied).
-    records: Vec<Record>,
-    /// Their record change events, when built.
+    /// The table's first upserts in the file, applied (the very records of
+    /// the file's change set: checked by identity before the rest is
+    /// applied).
+    upserts: Vec<Record>,
+    /// Then its first deletes, applied (only once every upsert was).
+    deletes: Vec<Key>,
+    /// Records affected, as the ordinary apply counts them.
+    affected: usize,
+    /// The records they replaced or deleted, still held by the copy
+    /// readers see: let go of later, off the replica's path (each is a
+    /// reference count in memory no one touched lately).
+    replaced: Vec<Record>,
+    /// Their record change events, in order, when built.
     events: Vec<Change>,
-    /// The feed stopped applying this table's upserts (a table the spare
+    /// The feed stopped applying this table's changes (a table the spare
     /// lacks, a record without a valid key): the rest is left to the
     /// ordinary apply, which says what is wrong.
     stopped: bool,
 }
 
-/// Upserts handed from the decoding thread to the spare's.
-pub(crate) struct SpareFeed {
-    tx: mpsc::SyncSender<(Arc<str>, Vec<Record>)>,
+/// A batch handed from the decoding thread to the spare's.
+enum Fed {
+    Upserts(Arc<str>, Vec<Record>),
+    Deletes(Arc<str>, Vec<Key>),
 }
 
-impl UpsertFeed for SpareFeed {
+/// Changes handed from the decoding thread to the spare's.
+pub(crate) struct SpareFeed {
+    tx: mpsc::SyncSender<Fed>,
+}
+
+impl DeltaFeed for SpareFeed {
+    // A closed channel: the spare's thread is gone, nothing to do.
     fn upserts(&mut self, table: &Arc<str>, records: &[Record]) {
-        // A closed channel: the spare's thread is gone, nothing to do.
-        let _ = self.tx.send((Arc::clone(table), records.to_vec()));
+        let _ = self
+            .tx
+            .send(Fed::Upserts(Arc::clone(table), records.to_vec()));
+    }
+
+    fn deletes(&mut self, table: &Arc<str>, keys: &[Key]) {
+        let _ = self.tx.send(Fed::Deletes(Arc::clone(table), keys.to_vec()));
     }
 }
 
@@ -167,19 +187,22 @@ impl Behind {
 }
 
 impl Spare {
-    /// Applies upserts handed to the returned feed while a delta is read, on
-    /// a thread of its own; the thread gives the spare back once the feed
-    /// is dropped (the decoding ended). `with_events`: build their events.
-    /// `None` when no thread could be started (the spare is then lost, and
-    /// made again).
+    /// Applies changes handed to the returned feed while a delta is read,
+    /// on a thread of its own; the thread gives the spare back once the
+    /// feed is dropped (the decoding ended). `with_events`: build their
+    /// events. `None` when no thread could be started (the spare is then
+    /// lost, and made again).
     pub(crate) fn feed(mut self, with_events: bool) -> Option<(SpareFeed, JoinHandle<Spare>)> {
-        let (tx, rx) = mpsc::sync_channel::<(Arc<str>, Vec<Record>)>(64);
+        let (tx, rx) = mpsc::sync_channel::<Fed>(64);
         self.ahead_events = with_events;
         let handle = std::thread::Builder::new()
             .name("dictdb-replica-apply".into())
             .spawn(move || {
-                for (table, records) in rx {
-                    self.apply_ahead(&table, records);
+                for fed in rx {
+                    match fed {
+                        Fed::Upserts(table, records) => self.upserts_ahead(&table, records),
+                        Fed::Deletes(table, keys) => self.deletes_ahead(&table, keys),
+                    }
                 }
                 self
             })
@@ -190,59 +213,87 @@ impl Spare {
     /// Applies the next upserts of `table` in place, as the ordinary apply
     /// would (the key counter moves past each key; a record replaces any
     /// of its key).
-    fn apply_ahead(&mut self, name: &Arc<str>, records: Vec<Record>) {
+    fn upserts_ahead(&mut self, name: &Arc<str>, records: Vec<Record>) {
         let ahead = self.ahead.entry(Arc::clone(name)).or_default();
-        if ahead.stopped {
-            return;
-        }
-        let Some(table) = self.tables.get_mut(name) else {
+        let Some(table) = self.tables.get_mut(name).filter(|_| !ahead.stopped) else {
             ahead.stopped = true;
             return;
         };
+        if !ahead.deletes.is_empty() {
+            // Upserts after deletes: not in the order the apply follows.
+            ahead.stopped = true;
+            return;
+        }
         for rec in records {
             let Ok(key) = record_key(&rec, &table.primary_key, name) else {
                 ahead.stopped = true;
                 return;
             };
             table.bump(&key);
-            ahead.records.push(rec.clone());
+            ahead.upserts.push(rec.clone());
+            ahead.affected += 1;
             if self.ahead_events {
-                let existed = table.records.insert(key.clone(), rec.clone()).is_some();
+                let old = table.records.insert(key.clone(), rec.clone());
+                let existed = old.is_some();
+                ahead.replaced.extend(old);
                 ahead.events.push(if existed {
                     Change::Update { key, record: rec }
                 } else {
                     Change::Insert { key, record: rec }
                 });
             } else {
-                table.records.insert(key, rec);
+                ahead.replaced.extend(table.records.insert(key, rec));
             }
-            ahead.upserts += 1;
         }
     }
 
-    /// What of `changes` is left once the upserts applied ahead are taken
+    /// Applies the next deletes of `table` in place (its upserts were all
+    /// applied: the feed hands deletes over only after them).
+    fn deletes_ahead(&mut self, name: &Arc<str>, keys: Vec<Key>) {
+        let ahead = self.ahead.entry(Arc::clone(name)).or_default();
+        let Some(table) = self.tables.get_mut(name).filter(|_| !ahead.stopped) else {
+            ahead.stopped = true;
+            return;
+        };
+        for key in keys {
+            if let Some(old) = table.records.remove(&key) {
+                ahead.replaced.push(old);
+                ahead.affected += 1;
+                if self.ahead_events {
+                    ahead.events.push(Change::Delete { key: key.clone() });
+                }
+            }
+            ahead.deletes.push(key);
+        }
+    }
+
+    /// What of `changes` is left once the changes applied ahead are taken
     /// out: `None` when the feed applied nothing, `Err(())` when what it
-    /// applied cannot be a prefix of `changes` (the spare is then useless).
+    /// applied is not the start of each table's changes in `changes` (the
+    /// spare is then useless).
     fn rest(&self, changes: &ChangeSet) -> std::result::Result<Option<ChangeSet>, ()> {
-        if self.ahead.values().all(|a| a.upserts == 0) {
+        let done = |a: &Ahead| !a.upserts.is_empty() || !a.deletes.is_empty();
+        if !self.ahead.values().any(done) {
             return Ok(None);
         }
-        for (name, a) in &self.ahead {
+        for (name, a) in self.ahead.iter().filter(|(_, a)| done(a)) {
             // The ordinary apply drops and creates tables before it
             // applies upserts: those tables cannot be changed ahead.
-            if a.upserts > 0
-                && (changes.created.contains_key(name) || changes.dropped.contains(name))
-            {
+            if changes.created.contains_key(name) || changes.dropped.contains(name) {
                 return Err(());
             }
-            // What the feed applied must be the first upserts of the set,
-            // the very same records.
-            let listed = changes
-                .tables
-                .iter()
-                .find(|t| t.name == *name)
-                .map_or(&[][..], |t| &t.upserts[..]);
-            if a.upserts > listed.len() || !a.records.iter().zip(listed).all(|(x, y)| x.same(y)) {
+            let Some(t) = changes.tables.iter().find(|t| t.name == *name) else {
+                return Err(());
+            };
+            // The very first upserts of the set, then (only when every
+            // upsert was applied) its first deletes.
+            let upserts_prefix = a.upserts.len() <= t.upserts.len()
+                && a.upserts.iter().zip(&t.upserts).all(|(x, y)| x.same(y));
+            let deletes_prefix = a.deletes.is_empty()
+                || (a.upserts.len() == t.upserts.len()
+                    && a.deletes.len() <= t.deletes.len()
+                    && a.deletes.iter().zip(&t.deletes).all(|(x, y)| x == y));
+            if !upserts_prefix || !deletes_prefix {
                 return Err(());
             }
         }
@@ -250,12 +301,15 @@ impl Spare {
             .tables
             .iter()
             .map(|t| {
-                let done = self.ahead.get(&t.name).map_or(0, |a| a.upserts);
+                let (u, d) = self
+                    .ahead
+                    .get(&t.name)
+                    .map_or((0, 0), |a| (a.upserts.len(), a.deletes.len()));
                 TableChanges {
                     name: Arc::clone(&t.name),
                     primary_key: t.primary_key.clone(),
-                    upserts: t.upserts[done..].to_vec(),
-                    deletes: t.deletes.clone(),
+                    upserts: t.upserts[u..].to_vec(),
+                    deletes: t.deletes[d..].to_vec(),
                 }
             })
             .collect();
@@ -354,7 +408,7 @@ impl DictDB {
         } = staged;
         // The feed's share: its upserts count, and their events come first
         // in each table's, as the ordinary apply orders them.
-        let affected = affected + ahead.values().map(|a| a.upserts).sum::<usize>();
+        let affected = affected + ahead.values().map(|a| a.affected).sum::<usize>();
         let record_events = if with_events && rest.is_some() {
             let mut merged = Vec::with_capacity(affected);
             let mut staged_events = record_events.into_iter().peekable();
@@ -409,7 +463,7 @@ impl DictDB {
                 self.publish(seq, name, change);
             }
         }
-        reclaim::later(replaced);
+        reclaim::later((replaced, ahead));
         Ok((
             Applied { affected, held },
             Some(Behind {
@@ -540,6 +594,9 @@ mod tests {
         for t in changes.tables.iter().rev() {
             for batch in t.upserts.chunks(3) {
                 feed.upserts(&t.name, batch);
+            }
+            for batch in t.deletes.chunks(2) {
+                feed.deletes(&t.name, batch);
             }
         }
         drop(feed);

@@ -44,6 +44,7 @@ use crate::db::{
     record_key, validate_table_name, ChangeSet, Snapshot, TableChanges, TableSnapshot,
 };
 use crate::error::Result;
+use crate::key::Key;
 use crate::naming::BackupKind;
 use crate::record::Record;
 
@@ -95,16 +96,20 @@ fn bad<T>(r: &impl DocReader, reason: impl Into<String>) -> Res<T> {
     })
 }
 
-/// Receives a delta's upserts while the delta is decoded: in file order,
+/// Receives a delta's changes while the delta is decoded: in file order,
 /// in batches of up to [`FEED_BATCH`], before the file is known to be sound
 /// (a receiver must be ready to throw away what it did with them). Lets a
 /// replica apply a delta while it is still being read.
-pub(crate) trait UpsertFeed {
+pub(crate) trait DeltaFeed {
     /// The next upserts of table `table`.
     fn upserts(&mut self, table: &Arc<str>, records: &[Record]);
+    /// The next deletes of table `table`: only once all its upserts were
+    /// handed over (deletes apply after upserts), so deletes that come
+    /// first in a table's object are not fed.
+    fn deletes(&mut self, table: &Arc<str>, keys: &[Key]);
 }
 
-/// Upserts handed to an [`UpsertFeed`] at a time.
+/// Changes handed to a [`DeltaFeed`] at a time.
 pub(crate) const FEED_BATCH: usize = 512;
 
 /// Decodes a document; a delta's upserts also go to `feed` as they are
@@ -112,7 +117,7 @@ pub(crate) const FEED_BATCH: usize = 512;
 pub(crate) fn decode<R: DocReader>(
     r: &mut R,
     want: Want,
-    mut feed: Option<&mut dyn UpsertFeed>,
+    mut feed: Option<&mut dyn DeltaFeed>,
 ) -> Res<Outcome> {
     let mut seen: Vec<String> = Vec::new();
     let mut key = String::new();
@@ -481,7 +486,7 @@ fn full_tables<R: DocReader>(r: &mut R, meta: Option<&Meta>, pipeline: bool) -> 
 fn delta_tables<R: DocReader>(
     r: &mut R,
     meta: Option<&Meta>,
-    mut feed: Option<&mut dyn UpsertFeed>,
+    mut feed: Option<&mut dyn DeltaFeed>,
 ) -> Res<ChangeSet> {
     let mut set = ChangeSet::default();
     let mut names: Vec<String> = Vec::new();
@@ -541,9 +546,23 @@ fn delta_tables<R: DocReader>(
                 }
                 "deletes" => {
                     fields.once(r, "deletes")?;
+                    // Fed only after the table's upserts.
+                    let mut feed = feed.as_mut().filter(|_| fields.0.contains(&"upserts"));
+                    let mut fed = 0;
                     r.begin_array()?;
                     while r.next_element()? {
                         t.deletes.push(r.key()?);
+                        if let Some(f) = feed.as_mut() {
+                            if t.deletes.len() - fed >= FEED_BATCH {
+                                f.deletes(&t.name, &t.deletes[fed..]);
+                                fed = t.deletes.len();
+                            }
+                        }
+                    }
+                    if let Some(f) = feed.as_mut() {
+                        if t.deletes.len() > fed {
+                            f.deletes(&t.name, &t.deletes[fed..]);
+                        }
                     }
                 }
                 "records" | "primary_key" | "schema" => {
@@ -800,4 +819,70 @@ where
         bytes,
         checksum,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{decode_fed, FileFormat};
+
+    /// Remembers what a decoder handed over, in order.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl DeltaFeed for Recorder {
+        fn upserts(&mut self, table: &Arc<str>, records: &[Record]) {
+            for r in records {
+                self.0
+                    .push(format!("{table} upsert {}", r.to_json_string()));
+            }
+        }
+        fn deletes(&mut self, table: &Arc<str>, keys: &[Key]) {
+            for k in keys {
+                self.0.push(format!("{table} delete {k}"));
+            }
+        }
+    }
+
+    fn fed(doc: &str) -> Vec<String> {
+        let mut feed = Recorder::default();
+        decode_fed(
+            doc.as_bytes(),
+            FileFormat::Json,
+            "t.json",
+            false,
+            Some(&mut feed),
+        )
+        .unwrap();
+        feed.0
+    }
+
+    #[test]
+    fn a_feed_gets_upserts_then_deletes_in_file_order_in_batches() {
+        let upserts: Vec<String> = (0..FEED_BATCH + 3)
+            .map(|i| format!("{{\"id\":{i}}}"))
+            .collect();
+        let doc = format!(
+            r#"{{"type":"delta","timestamp":1,"tables":{{"a":{{"upserts":[{}],"deletes":[7,8]}}}}}}"#,
+            upserts.join(",")
+        );
+        let got = fed(&doc);
+        assert_eq!(got.len(), FEED_BATCH + 5);
+        assert_eq!(got[0], "a upsert {\"id\":0}");
+        assert_eq!(
+            got[FEED_BATCH + 2],
+            format!("a upsert {{\"id\":{}}}", FEED_BATCH + 2)
+        );
+        assert_eq!(got[FEED_BATCH + 3..], ["a delete 7", "a delete 8"]);
+    }
+
+    #[test]
+    fn deletes_before_a_tables_upserts_are_not_fed() {
+        // Applied ahead of the upserts they would undo the wrong way round:
+        // left to the apply once the file is read.
+        let got = fed(
+            r#"{"type":"delta","timestamp":1,"tables":{"a":{"deletes":[1],"upserts":[{"id":1}]}}}"#,
+        );
+        assert_eq!(got, ["a upsert {\"id\":1}"]);
+    }
 }

@@ -37,7 +37,7 @@ use std::str::FromStr;
 
 pub(crate) use checksum::ChunkWriter;
 pub use checksum::Integrity;
-pub(crate) use document::{Body, Decoded, Doc, Header, Link, Outcome, UpsertFeed, Want, Written};
+pub(crate) use document::{Body, Decoded, DeltaFeed, Doc, Header, Link, Outcome, Want, Written};
 pub use transform::Compression;
 pub(crate) use transform::{Keys, Layers, Sealing};
 
@@ -160,7 +160,7 @@ pub(crate) fn decode_fed<R: Read>(
     format: FileFormat,
     file: &str,
     pipeline: bool,
-    feed: Option<&mut dyn UpsertFeed>,
+    feed: Option<&mut dyn DeltaFeed>,
 ) -> Result<Decoded> {
     let want = Want::Body { pipeline };
     let outcome = match format {

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant, SystemTime};
 
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::status::{
     AppliedFile, ChainSwitch, ReplicaCut, ReplicaEvent, ReplicaFailure, ReplicaLag, StatusCell,
 };
-use crate::db::{Applied, ChangeSet, DictDB, Spare};
+use crate::background;
+use crate::db::{Applied, Behind, ChangeSet, DictDB, Spare};
 use crate::error::{Error, Result};
 use crate::format::Body;
 use crate::naming::{BackupKind, BackupName};
@@ -147,7 +148,17 @@ pub(crate) struct Follower {
     newest: Option<(String, Option<u64>)>,
     last_lag: ReplicaLag,
     /// The next spare copy of the tables being made (see `db/spare.rs`).
-    spare: Option<JoinHandle<Option<Spare>>>,
+    spare: Option<oneshot::Receiver<Option<Spare>>>,
+    /// What the last apply left for the next spare copy, until
+    /// [`Follower::background`] starts it.
+    pending: Option<CatchUp>,
+}
+
+/// Changes applied to the database but not yet to the copy they replaced.
+struct CatchUp {
+    behind: Option<Behind>,
+    changes: ChangeSet,
+    file: String,
 }
 
 impl Follower {
@@ -170,14 +181,17 @@ impl Follower {
             newest: None,
             last_lag: ReplicaLag::default(),
             spare: None,
+            pending: None,
         }
     }
 
-    /// Starts making the spare copy of the tables (O(records), on a
-    /// blocking thread), for the first file the replica applies.
+    /// Starts making the spare copy of the tables (O(records), in the
+    /// background), for the first file the replica applies.
     pub(crate) fn prepare_spare(&mut self) {
         let db = self.db.clone();
-        self.spare = Some(tokio::task::spawn_blocking(move || Some(db.spare())));
+        self.spare = Some(background::spawn("dictdb-replica-spare", move || {
+            Some(db.spare())
+        }));
     }
 
     /// Records a problem (an event when it is a new one).
@@ -329,10 +343,32 @@ impl Follower {
 
     /// The spare copy of the tables, once the job making it is done.
     async fn take_spare(&mut self) -> Option<Spare> {
+        self.background();
         match self.spare.take() {
             Some(job) => job.await.ok().flatten(),
             None => None,
         }
+    }
+
+    /// Starts making the next spare copy, if an apply left that to do: the
+    /// replaced copy catches up with the changes the apply made, or a new
+    /// copy is made. On a thread of lower priority, after the poll that
+    /// applied them has answered (a poll that applies several files waits
+    /// for it between two files).
+    pub(crate) fn background(&mut self) {
+        let Some(CatchUp {
+            behind,
+            changes,
+            file,
+        }) = self.pending.take()
+        else {
+            return;
+        };
+        let db = self.db.clone();
+        self.spare = Some(background::spawn("dictdb-replica-spare", move || {
+            let caught_up = behind.and_then(|b| b.catch_up(&changes, &file));
+            Some(caught_up.unwrap_or_else(|| db.spare()))
+        }));
     }
 
     /// Applies `changes` (read from `file`, which names errors) to the
@@ -361,12 +397,11 @@ impl Follower {
             Ok((applied, behind, changes))
         })
         .await?;
-        let db = self.db.clone();
-        let name = file.to_string();
-        self.spare = Some(tokio::task::spawn_blocking(move || {
-            let caught_up = behind.and_then(|b| b.catch_up(&changes, &name));
-            Some(caught_up.unwrap_or_else(|| db.spare()))
-        }));
+        self.pending = Some(CatchUp {
+            behind,
+            changes,
+            file: file.to_string(),
+        });
         Ok(applied)
     }
 

@@ -276,6 +276,7 @@ impl Replica {
         // (found again, and remembered), anything written meanwhile.
         let next = Instant::now() + options.interval;
         follower.poll(next).await;
+        follower.background();
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(run(follower, rx, options.interval, next));
         info!(store = %store.location(), seq = ?db.seq(), "replica following");
@@ -483,6 +484,7 @@ async fn run(
                     next = Instant::now() + interval;
                     let problem = follower.poll(next).await;
                     let _ = reply.send(problem);
+                    follower.background();
                 }
                 Some(Command::Promote { reply }) => {
                     next = Instant::now() + interval;
@@ -500,6 +502,7 @@ async fn run(
             () = sleep_until(next) => {
                 next = Instant::now() + interval;
                 follower.poll(next).await;
+                follower.background();
             }
         }
     }

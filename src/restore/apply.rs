@@ -19,7 +19,7 @@ use super::verify::Seen;
 use super::{Restore, Restored, Stopped};
 use crate::db::{ChangeSet, DictDB};
 use crate::error::{Error, Result};
-use crate::format::{self, transform, Body, Decoded, Keys, UpsertFeed};
+use crate::format::{self, transform, Body, Decoded, DeltaFeed, Keys};
 use crate::store::{BackupStore, FileReader};
 
 /// Files at least this large are indexed on a second thread while parsed.
@@ -55,12 +55,12 @@ fn decode_opened(
 ) -> Result<Decoded> {
     let format = e.format()?;
     let plain = transform::open(reader, e.layers(), keys, e.file_name())?;
-    let feed = feed.as_deref_mut().map(|f| f as &mut dyn UpsertFeed);
+    let feed = feed.as_deref_mut().map(|f| f as &mut dyn DeltaFeed);
     format::decode_fed(plain, format, e.file_name(), pipeline(e), feed)
 }
 
-/// Where a delta's upserts go while it is decoded (see [`UpsertFeed`]).
-pub(crate) type Feed = Box<dyn UpsertFeed + Send>;
+/// Where a delta's upserts go while it is decoded (see [`DeltaFeed`]).
+pub(crate) type Feed = Box<dyn DeltaFeed + Send>;
 
 /// Reads and decodes a whole file on the blocking pool, streaming it,
 /// handing a delta's upserts to `feed` as they are read (the feed is
