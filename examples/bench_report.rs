@@ -585,9 +585,15 @@ async fn main() {
             let store: Arc<dyn dictdb::BackupStore> =
                 Arc::new(dictdb::LocalStore::open(&dir).expect("replica store"));
             // Polls only when asked: each sync is one poll that finds one delta.
+            // DICTDB_BENCH_REPLICA_SPARE=0 measures a replica without its
+            // spare copy, to compare.
+            let spare_copy = std::env::var("DICTDB_BENCH_REPLICA_SPARE").map_or(true, |v| v != "0");
+            let before = rss_bytes();
             let replica = Replica::follow(
                 store,
-                ReplicaOptions::default().interval(Duration::from_secs(3600)),
+                ReplicaOptions::default()
+                    .interval(Duration::from_secs(3600))
+                    .spare_copy(spare_copy),
             )
             .await
             .unwrap();
@@ -601,6 +607,13 @@ async fn main() {
             let t = Instant::now();
             replica.sync().await.unwrap();
             put("replica_first_apply_s", t.elapsed().as_secs_f64());
+            // The replica's own memory: its records, its index and the
+            // spare copy of the index (freed memory of earlier steps may be
+            // reused, so this is a lower bound).
+            put(
+                "replica_rss_bytes_per_record",
+                rss_bytes().saturating_sub(before) as f64 / n as f64,
+            );
             for rep in 0..reps {
                 changes.apply(&users, 300 + rep);
                 m.backup_delta().await.unwrap();
@@ -695,6 +708,10 @@ async fn main() {
         (
             "replica_first_apply_s",
             "the first file, waiting for the spare copy".into(),
+        ),
+        (
+            "replica_rss_bytes_per_record",
+            "records, index and spare index".into(),
         ),
         ("replica_swap_us", "readers blocked, target <= 1 us".into()),
         (
