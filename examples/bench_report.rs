@@ -711,7 +711,7 @@ async fn main() {
         ),
         (
             "replica_rss_bytes_per_record",
-            "records, index and spare index".into(),
+            "the replica's records and index (and spare index)".into(),
         ),
         ("replica_swap_us", "readers blocked, target <= 1 us".into()),
         (

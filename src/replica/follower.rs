@@ -152,6 +152,11 @@ pub(crate) struct Follower {
     /// What the last apply left for the next spare copy, until
     /// [`Follower::background`] starts it.
     pending: Option<CatchUp>,
+    /// Whether the replica keeps a spare copy of its index
+    /// (`ReplicaOptions::spare_copy`, set by [`Follower::prepare_spare`]):
+    /// without, no copy is ever made and each file is worked out on a copy
+    /// of the paths its changes take.
+    keep_spare: bool,
 }
 
 /// Changes applied to the database but not yet to the copy they replaced.
@@ -182,12 +187,14 @@ impl Follower {
             last_lag: ReplicaLag::default(),
             spare: None,
             pending: None,
+            keep_spare: false,
         }
     }
 
     /// Starts making the spare copy of the tables (O(records), in the
     /// background), for the first file the replica applies.
     pub(crate) fn prepare_spare(&mut self) {
+        self.keep_spare = true;
         let db = self.db.clone();
         self.spare = Some(background::spawn("dictdb-replica-spare", move || {
             Some(db.spare())
@@ -343,6 +350,9 @@ impl Follower {
 
     /// The spare copy of the tables, once the job making it is done.
     async fn take_spare(&mut self) -> Option<Spare> {
+        if !self.keep_spare {
+            return None;
+        }
         self.background();
         match self.spare.take() {
             Some(job) => job.await.ok().flatten(),
@@ -397,6 +407,10 @@ impl Follower {
             Ok((applied, behind, changes))
         })
         .await?;
+        if !self.keep_spare {
+            crate::db::reclaim::later(changes);
+            return Ok(applied);
+        }
         self.pending = Some(CatchUp {
             behind,
             changes,
