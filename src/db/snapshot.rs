@@ -162,6 +162,67 @@ impl Snapshot {
     /// # Ok::<(), dictdb::Error>(())
     /// ```
     pub fn changes_to(&self, newer: &Snapshot) -> ChangeSet {
+        self.changes_within(newer, None)
+    }
+
+    /// [`changes_to`](Self::changes_to) in at most `budget` changes (each
+    /// record upserted or deleted, each table dropped or created, as a
+    /// database numbers them) when the record by record difference needs
+    /// more: tables are then dropped and created again with their new
+    /// records, those that save most first.
+    ///
+    /// A replica moving to a newer chain numbers the difference so that it
+    /// ends at the writer's cut, and the writer made at most `cut - seq`
+    /// changes in between: when the record by record difference is larger,
+    /// the writer must have dropped and re-created tables (each such table
+    /// cost it at least its new records plus two), so the difference fits
+    /// once the same is done here.
+    pub(crate) fn changes_within(&self, newer: &Snapshot, budget: Option<u64>) -> ChangeSet {
+        let mut out = self.record_changes(newer);
+        let Some(budget) = budget else {
+            return out;
+        };
+        let cost = |set: &ChangeSet| (set.dropped.len() + set.created.len() + set.len()) as u64;
+        let mut total = cost(&out);
+        if total <= budget {
+            return out;
+        }
+        // (saving, table index) for tables kept whose records changed more
+        // than re-creating them costs.
+        let mut savings: Vec<(usize, usize)> = out
+            .tables
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !out.created.contains_key(&t.name))
+            .filter_map(|(i, t)| {
+                let size = newer.table(&t.name).map_or(0, TableSnapshot::len);
+                (t.upserts.len() + t.deletes.len())
+                    .checked_sub(size + 2)
+                    .filter(|s| *s > 0)
+                    .map(|s| (s, i))
+            })
+            .collect();
+        savings.sort_unstable_by(|a, b| b.cmp(a));
+        for (saving, i) in savings {
+            if total <= budget {
+                break;
+            }
+            let t = &mut out.tables[i];
+            let Some(new) = newer.table(&t.name) else {
+                continue;
+            };
+            out.dropped.push(Arc::clone(&t.name));
+            out.created
+                .insert(Arc::clone(&t.name), Arc::clone(&new.primary_key));
+            t.deletes.clear();
+            t.upserts = new.records.values().cloned().collect();
+            total -= saving as u64;
+        }
+        out
+    }
+
+    /// The record by record difference (see [`changes_to`](Self::changes_to)).
+    fn record_changes(&self, newer: &Snapshot) -> ChangeSet {
         let mut out = ChangeSet {
             next_keys: newer.next_keys(),
             ..ChangeSet::default()

@@ -512,8 +512,13 @@ impl Follower {
         let file = e.file_name().to_string();
         let changes = blocking(e.file_name(), move || {
             // Both snapshots are O(1); the diff skips what the two cuts
-            // share and runs here, off the lock.
-            let changes = db.snapshot().changes_to(&new_db.snapshot());
+            // share and runs here, off the lock. It fits in the writer's
+            // changes between the two cuts, so that the replica's sequence
+            // number ends at the new cut (tables the writer dropped and
+            // created again are dropped and created here too).
+            let old = db.snapshot();
+            let budget = cut.filter(|c| *c > old.seq()).map(|c| c - old.seq());
+            let changes = old.changes_within(&new_db.snapshot(), budget);
             drop(new_db);
             Ok(changes)
         })
