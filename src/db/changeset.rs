@@ -504,55 +504,110 @@ impl DictDB {
             let st = self.lock();
             (Arc::clone(&st.tables), st.seq, st.next_incarnation)
         };
-        let with_events = self.has_subscribers();
-        let mut next: TableMap = (*base).clone();
+        let from = Served {
+            tables: base,
+            seq,
+            incarnations,
+        };
+        let mut next: TableMap = (*from.tables).clone();
+        let staged = stage(changes, file, &mut next, self.has_subscribers())?;
+        Ok(self.swap_in(next, staged, from, cut).map(|swapped| {
+            // The last references to the nodes the changes replaced:
+            // freeing them costs as much as the changes did, and nobody
+            // waits for it.
+            reclaim::later((swapped.old, swapped.serving));
+            swapped.applied
+        }))
+    }
+
+    /// Installs `staged` into `tables` (the replica's next state, worked out
+    /// off the lock from the map `from` describes), numbers the changes to
+    /// end at the writer's `cut`, and swaps the map in with one pointer
+    /// store, if the database still serves exactly `from`. The events go
+    /// out after the lock is released, in order; what was replaced is freed
+    /// on the reclaiming thread. `None`: the database moved (nothing
+    /// changed).
+    pub(super) fn swap_in(
+        &self,
+        mut tables: TableMap,
+        staged: Staged,
+        from: Served,
+        cut: Option<u64>,
+    ) -> Option<Swapped> {
         let Staged {
-            with_events: _,
+            with_events,
             dropped,
             created,
-            tables,
+            tables: staged,
             events: record_events,
             affected,
-        } = stage(changes, file, &mut next, with_events)?;
-        let mut next_incarnation = incarnations;
+        } = staged;
+        let mut incarnations = from.incarnations;
         let (events, replaced) =
-            install_tables(&mut next, &mut next_incarnation, dropped, created, tables);
-        let (first, next_seq) = numbering(
-            seq,
+            install_tables(&mut tables, &mut incarnations, dropped, created, staged);
+        let (first, seq) = numbering(
+            from.seq,
             (events.len() + affected) as u64,
             Writer::Replica { cut },
         );
-        let next = Arc::new(next);
+        let serving = Arc::new(tables);
         let mut guard = self.lock();
         let locked = Instant::now();
-        if !Arc::ptr_eq(&guard.tables, &base)
-            || guard.seq != seq
-            || guard.next_incarnation != incarnations
+        if !Arc::ptr_eq(&guard.tables, &from.tables)
+            || guard.seq != from.seq
+            || guard.next_incarnation != from.incarnations
             || (!with_events && self.has_subscribers())
         {
             drop(guard);
-            reclaim::later((next, base, replaced));
-            return Ok(None);
+            reclaim::later((serving, from, replaced));
+            return None;
         }
-        let old = std::mem::replace(&mut guard.tables, next);
-        guard.seq = next_seq;
-        guard.next_incarnation = next_incarnation;
+        let old = std::mem::replace(&mut guard.tables, Arc::clone(&serving));
+        guard.seq = seq;
+        guard.next_incarnation = incarnations;
         self.shared
             .activity
-            .store(next_seq, std::sync::atomic::Ordering::Relaxed);
+            .store(seq, std::sync::atomic::Ordering::Relaxed);
         let held = locked.elapsed();
         drop(guard);
+        drop(from);
         if with_events && self.has_subscribers() {
             let all = events.into_iter().chain(record_events);
             for (seq, (name, change)) in (first + 1..).zip(all) {
                 self.publish(seq, name, change);
             }
         }
-        // The last references to the nodes the changes replaced: freeing
-        // them costs as much as the changes did, and nobody waits for it.
-        reclaim::later((old, base, replaced));
-        Ok(Some(Applied { affected, held }))
+        reclaim::later(replaced);
+        Some(Swapped {
+            applied: Applied { affected, held },
+            old,
+            serving,
+            seq,
+            incarnations,
+        })
     }
+}
+
+/// What a database served when work on its next state began.
+pub(super) struct Served {
+    /// Its table map (held: a write that changes it in place would have to
+    /// copy it first, so a changed map is always a different `Arc`).
+    pub(super) tables: Arc<TableMap>,
+    pub(super) seq: u64,
+    /// Its incarnation counter.
+    pub(super) incarnations: u64,
+}
+
+/// What [`DictDB::swap_in`] did.
+pub(super) struct Swapped {
+    pub(super) applied: Applied,
+    /// The map it replaced.
+    pub(super) old: Arc<TableMap>,
+    /// The map it swapped in.
+    pub(super) serving: Arc<TableMap>,
+    /// The database's sequence number and incarnation counter after.
+    pub(super) seq: u64,
+    pub(super) incarnations: u64,
 }
 
 /// What an apply did.
@@ -754,7 +809,7 @@ pub(super) fn install_tables(
 /// A replica's changes end at the writer's cut (a delta holds at most as
 /// many changes as the writer's sequence range: it folds them); the gap
 /// below them is the writer's changes that the file folded.
-pub(super) fn numbering(seq: u64, k: u64, writer: Writer) -> (u64, u64) {
+fn numbering(seq: u64, k: u64, writer: Writer) -> (u64, u64) {
     let cut = match writer {
         Writer::Replica { cut } => cut,
         Writer::User => None,

@@ -27,10 +27,9 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use super::changeset::{
-    install_tables, numbering, record_key, stage, validate_names, Applied, Staged, Writer,
+    install_tables, record_key, stage, validate_names, Applied, Served, Staged, Writer,
 };
 use super::{reclaim, Change, ChangeSet, DictDB, TableChanges, TableMap, TableState};
 use crate::error::Result;
@@ -398,20 +397,13 @@ impl DictDB {
                 return Err(e);
             }
         };
-        let Staged {
-            dropped,
-            created,
-            tables: staged,
-            events: record_events,
-            affected,
-            ..
-        } = staged;
         // The feed's share: its upserts count, and their events come first
         // in each table's, as the ordinary apply orders them.
-        let affected = affected + ahead.values().map(|a| a.affected).sum::<usize>();
-        let record_events = if with_events && rest.is_some() {
-            let mut merged = Vec::with_capacity(affected);
-            let mut staged_events = record_events.into_iter().peekable();
+        let mut staged = staged;
+        staged.affected += ahead.values().map(|a| a.affected).sum::<usize>();
+        if with_events && rest.is_some() {
+            let mut merged = Vec::with_capacity(staged.affected);
+            let mut staged_events = std::mem::take(&mut staged.events).into_iter().peekable();
             for t in &changes.tables {
                 if let Some(a) = ahead.get_mut(&t.name) {
                     merged.extend(a.events.drain(..).map(|c| (Arc::clone(&t.name), c)));
@@ -421,57 +413,27 @@ impl DictDB {
                 }
             }
             merged.extend(staged_events);
-            merged
-        } else {
-            record_events
-        };
-        reclaim::later(rest);
-        let mut next_incarnation = incarnations;
-        let (events, replaced) =
-            install_tables(&mut tables, &mut next_incarnation, dropped, created, staged);
-        let (first, next_seq) = numbering(
+            staged.events = merged;
+        }
+        reclaim::later((rest, ahead));
+        let from = Served {
+            tables: mirrors,
             seq,
-            (events.len() + affected) as u64,
-            Writer::Replica { cut },
-        );
-        let serving = Arc::new(tables);
-        let mut guard = self.lock();
-        let locked = Instant::now();
-        if !Arc::ptr_eq(&guard.tables, &mirrors)
-            || guard.seq != seq
-            || guard.next_incarnation != incarnations
-            || (!with_events && self.has_subscribers())
-        {
+            incarnations,
+        };
+        let Some(swapped) = self.swap_in(tables, staged, from, cut) else {
             // Moved since the check above (a promotion's first write): the
             // changes are applied the ordinary way instead.
-            drop(guard);
-            reclaim::later((serving, mirrors, replaced));
             return Ok((self.apply_as(changes, file, Writer::Replica { cut })?, None));
-        }
-        let old = std::mem::replace(&mut guard.tables, Arc::clone(&serving));
-        guard.seq = next_seq;
-        guard.next_incarnation = next_incarnation;
-        self.shared
-            .activity
-            .store(next_seq, std::sync::atomic::Ordering::Relaxed);
-        let held = locked.elapsed();
-        drop(guard);
-        drop(mirrors);
-        if with_events && self.has_subscribers() {
-            let all = events.into_iter().chain(record_events);
-            for (seq, (name, change)) in (first + 1..).zip(all) {
-                self.publish(seq, name, change);
-            }
-        }
-        reclaim::later((replaced, ahead));
+        };
         Ok((
-            Applied { affected, held },
+            swapped.applied,
             Some(Behind {
-                old,
-                serving,
-                seq: next_seq,
+                old: swapped.old,
+                serving: swapped.serving,
+                seq: swapped.seq,
                 incarnations_before: incarnations,
-                incarnations_after: next_incarnation,
+                incarnations_after: swapped.incarnations,
             }),
         ))
     }
