@@ -189,6 +189,9 @@ async fn until_seq_and_dry_run() {
         (&v["dry_run"], &v["seq"], &v["out"]),
         (&json!(true), &json!(c.d1.seq), &Value::Null)
     );
+    // A dry run reads and checks every file: it knows their checksums
+    // matched (it said `null` here).
+    assert_eq!(v["verified"], json!(true), "{v:#}");
     assert!(!x.exists(), "a dry run writes nothing");
 
     let out = cli(args!["restore", &c.dir, "--dry-run"]);

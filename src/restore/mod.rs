@@ -102,6 +102,10 @@ pub struct Plan {
     pub skipped: Vec<Stopped>,
     /// Where a lenient restore would stop, and why.
     pub stopped: Option<Stopped>,
+    /// Whether every file applied carried a checksum that matched, as
+    /// [`Restored::verified`]: known when the plan read every file
+    /// ([`Restore::plan`]), `None` when it read headers only.
+    pub verified: Option<bool>,
 }
 
 /// A restore of a backup store, with options.
@@ -289,6 +293,7 @@ impl Restore {
             seq: r.seq,
             skipped: r.skipped,
             stopped: r.stopped,
+            verified: Some(r.verified),
         })
     }
 

@@ -51,6 +51,7 @@ impl Chosen {
             seq,
             skipped,
             stopped: self.stopped,
+            verified: None,
         }
     }
 }

@@ -81,7 +81,7 @@ impl Outcome {
             seq: p.seq,
             skipped: p.skipped,
             stopped: p.stopped,
-            verified: None,
+            verified: p.verified,
         }
     }
 
