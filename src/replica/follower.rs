@@ -191,6 +191,12 @@ impl Follower {
         }
     }
 
+    /// Whether a spare copy exists or is being made (for tests).
+    #[cfg(test)]
+    pub(crate) fn has_spare(&self) -> bool {
+        self.spare.is_some() || self.pending.is_some()
+    }
+
     /// Starts making the spare copy of the tables (O(records), in the
     /// background), for the first file the replica applies.
     pub(crate) fn prepare_spare(&mut self) {

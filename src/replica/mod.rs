@@ -228,6 +228,53 @@ fn no_runtime() -> Error {
     Error::Config("Replica::follow must be called within a Tokio runtime".into())
 }
 
+/// Restores the newest chain into a read-only database and makes its
+/// follower, polled once: everything [`Replica::follow`] does before it
+/// hands the follower to its task. Returns the follower and when it polls
+/// next.
+async fn start(
+    store: Arc<dyn BackupStore>,
+    options: &ReplicaOptions,
+) -> Result<(Follower, Instant)> {
+    if options.interval.is_zero() {
+        return Err(Error::Config(
+            "the replica poll interval must be greater than zero".into(),
+        ));
+    }
+    let opts = options.restore(Arc::clone(&store));
+    let (db, pos) = match opts.run().await {
+        Ok(restored) => (restored.db.clone(), Position::of(&restored)),
+        Err(Error::NoBackup(_)) => (DictDB::new(), None),
+        Err(e) => return Err(e),
+    };
+    db.set_read_only(Some(&format!(
+        "it is a replica following {} (promote it to write)",
+        store.location()
+    )));
+    let status = Arc::new(StatusCell::new(store.location()));
+    let (events, _) = broadcast::channel(1024);
+    let mut follower = Follower::new(
+        db.clone(),
+        Arc::clone(&store),
+        opts,
+        pos,
+        Arc::clone(&status),
+        events,
+    );
+    if let Some(p) = &follower.pos {
+        status.set_cut(p.cut());
+    }
+    if options.spare_copy {
+        follower.prepare_spare();
+    }
+    // A first poll right away: the lag, why a lenient restore stopped
+    // (found again, and remembered), anything written meanwhile.
+    let next = Instant::now() + options.interval;
+    follower.poll(next).await;
+    follower.background();
+    Ok((follower, next))
+}
+
 impl Replica {
     /// Restores the newest chain of `store` into a read-only database and
     /// starts following the store on the current Tokio runtime.
@@ -240,43 +287,10 @@ impl Replica {
     /// runtime, a store that cannot be listed or read.
     pub async fn follow(store: Arc<dyn BackupStore>, options: ReplicaOptions) -> Result<Replica> {
         tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
-        if options.interval.is_zero() {
-            return Err(Error::Config(
-                "the replica poll interval must be greater than zero".into(),
-            ));
-        }
-        let opts = options.restore(Arc::clone(&store));
-        let (db, pos) = match opts.run().await {
-            Ok(restored) => (restored.db.clone(), Position::of(&restored)),
-            Err(Error::NoBackup(_)) => (DictDB::new(), None),
-            Err(e) => return Err(e),
-        };
-        db.set_read_only(Some(&format!(
-            "it is a replica following {} (promote it to write)",
-            store.location()
-        )));
-        let status = Arc::new(StatusCell::new(store.location()));
-        let (events, _) = broadcast::channel(1024);
-        let weak = events.downgrade();
-        let mut follower = Follower::new(
-            db.clone(),
-            Arc::clone(&store),
-            opts,
-            pos,
-            Arc::clone(&status),
-            events,
-        );
-        if let Some(p) = &follower.pos {
-            status.set_cut(p.cut());
-        }
-        if options.spare_copy {
-            follower.prepare_spare();
-        }
-        // A first poll right away: the lag, why a lenient restore stopped
-        // (found again, and remembered), anything written meanwhile.
-        let next = Instant::now() + options.interval;
-        follower.poll(next).await;
-        follower.background();
+        let (follower, next) = start(Arc::clone(&store), &options).await?;
+        let db = follower.db.clone();
+        let status = Arc::clone(&follower.status);
+        let weak = follower.events.downgrade();
         let (tx, rx) = mpsc::channel(8);
         let task = tokio::spawn(run(follower, rx, options.interval, next));
         info!(store = %store.location(), seq = ?db.seq(), "replica following");
@@ -513,5 +527,50 @@ async fn run(
     status.ended();
     if let Some(reply) = ending {
         let _ = reply.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackupConfig, BackupManager, LocalStore};
+    use serde_json::json;
+
+    /// `spare_copy(false)` never makes a copy of the index (the two modes
+    /// differ only in memory and speed, so this is where it shows), and
+    /// the default keeps one through every apply.
+    #[tokio::test]
+    async fn a_spare_copy_exists_exactly_when_asked_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = DictDB::new();
+        let users = db.create_table("users").unwrap();
+        for i in 1..=200 {
+            users.insert(json!({"id": i})).unwrap();
+        }
+        let manager = BackupManager::start(&db, BackupConfig::new(tmp.path()).incremental(true))
+            .await
+            .unwrap();
+        manager.backup_full().await.unwrap();
+        let store = || -> Arc<dyn BackupStore> { Arc::new(LocalStore::open(tmp.path()).unwrap()) };
+        let quiet = ReplicaOptions::default().interval(Duration::from_secs(3600));
+        let (mut without, _) = start(store(), &quiet.clone().spare_copy(false))
+            .await
+            .unwrap();
+        let (mut with, _) = start(store(), &quiet).await.unwrap();
+        assert!(!without.has_spare());
+        assert!(with.has_spare());
+        for round in 0..3 {
+            users.update(round + 1, json!({"round": round})).unwrap();
+            users.delete(100 + round).unwrap();
+            manager.backup_delta().await.unwrap();
+            for f in [&mut without, &mut with] {
+                assert!(f.poll(Instant::now()).await.is_none());
+                f.background();
+                assert_eq!(f.db.seq(), db.seq(), "round {round}");
+            }
+            assert!(!without.has_spare(), "round {round}");
+            assert!(with.has_spare(), "round {round}");
+        }
+        manager.stop().await.unwrap();
     }
 }
