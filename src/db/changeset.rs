@@ -500,22 +500,14 @@ impl DictDB {
         cut: Option<u64>,
     ) -> Result<Option<Applied>> {
         validate_names(changes, file)?;
-        let (base, seq, incarnations) = {
-            let st = self.lock();
-            (Arc::clone(&st.tables), st.seq, st.next_incarnation)
-        };
-        let from = Served {
-            tables: base,
-            seq,
-            incarnations,
-        };
+        let from = self.served();
         let mut next: TableMap = (*from.tables).clone();
         let staged = stage(changes, file, &mut next, self.has_subscribers())?;
         Ok(self.swap_in(next, staged, from, cut).map(|swapped| {
             // The last references to the nodes the changes replaced:
             // freeing them costs as much as the changes did, and nobody
             // waits for it.
-            reclaim::later((swapped.old, swapped.serving));
+            reclaim::later((swapped.old, swapped.now));
             swapped.applied
         }))
     }
@@ -553,11 +545,7 @@ impl DictDB {
         let serving = Arc::new(tables);
         let mut guard = self.lock();
         let locked = Instant::now();
-        if !Arc::ptr_eq(&guard.tables, &from.tables)
-            || guard.seq != from.seq
-            || guard.next_incarnation != from.incarnations
-            || (!with_events && self.has_subscribers())
-        {
+        if !from.still(&guard) || (!with_events && self.has_subscribers()) {
             drop(guard);
             reclaim::later((serving, from, replaced));
             return None;
@@ -581,10 +569,22 @@ impl DictDB {
         Some(Swapped {
             applied: Applied { affected, held },
             old,
-            serving,
-            seq,
-            incarnations,
+            now: Served {
+                tables: serving,
+                seq,
+                incarnations,
+            },
         })
+    }
+
+    /// What the database serves now.
+    pub(super) fn served(&self) -> Served {
+        let st = self.lock();
+        Served {
+            tables: Arc::clone(&st.tables),
+            seq: st.seq,
+            incarnations: st.next_incarnation,
+        }
     }
 }
 
@@ -598,16 +598,24 @@ pub(super) struct Served {
     pub(super) incarnations: u64,
 }
 
+impl Served {
+    /// Whether the database (its state `st`) still serves exactly this:
+    /// the same map (a write would have copied it: it is held), sequence
+    /// number and incarnation counter.
+    pub(super) fn still(&self, st: &State) -> bool {
+        Arc::ptr_eq(&st.tables, &self.tables)
+            && st.seq == self.seq
+            && st.next_incarnation == self.incarnations
+    }
+}
+
 /// What [`DictDB::swap_in`] did.
 pub(super) struct Swapped {
     pub(super) applied: Applied,
     /// The map it replaced.
     pub(super) old: Arc<TableMap>,
-    /// The map it swapped in.
-    pub(super) serving: Arc<TableMap>,
-    /// The database's sequence number and incarnation counter after.
-    pub(super) seq: u64,
-    pub(super) incarnations: u64,
+    /// What the database serves after it.
+    pub(super) now: Served,
 }
 
 /// What an apply did.

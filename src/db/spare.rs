@@ -40,13 +40,11 @@ use crate::record::Record;
 /// A copy of a database's tables with tree nodes of its own.
 pub(crate) struct Spare {
     tables: TableMap,
-    /// What the copy equals: the map the database served when the copy was
-    /// made or caught up (held, so that a write after a promotion copies
-    /// the map instead of changing it in place, and the copy is then known
-    /// to be stale).
-    mirrors: Arc<TableMap>,
-    seq: u64,
-    incarnations: u64,
+    /// What the copy equals: what the database served when the copy was
+    /// made or caught up (its map held, so that a write after a promotion
+    /// copies the map instead of changing it in place, and the copy is then
+    /// known to be stale).
+    mirrors: Served,
     /// Upserts applied by a feed, per table, while their file was read.
     ahead: BTreeMap<Arc<str>, Ahead>,
     /// Whether the feed built the events of what it applied.
@@ -104,19 +102,13 @@ impl DeltaFeed for SpareFeed {
 /// applied: it becomes the next [`Spare`] by [`Behind::catch_up`].
 pub(crate) struct Behind {
     old: Arc<TableMap>,
-    /// The map swapped in, which the caught-up copy will equal.
-    serving: Arc<TableMap>,
-    seq: u64,
-    incarnations_before: u64,
-    incarnations_after: u64,
+    /// The incarnation counter before the swap.
+    incarnations: u64,
+    /// What the swap left served, which the caught-up copy will equal.
+    now: Served,
 }
 
 impl Spare {
-    /// Whether the database still serves exactly what this copy equals.
-    fn fresh(&self, tables: &Arc<TableMap>, seq: u64, incarnations: u64) -> bool {
-        Arc::ptr_eq(tables, &self.mirrors) && seq == self.seq && incarnations == self.incarnations
-    }
-
     /// Whether the copy holds the same tables and records as `db`
     /// (checked record by record: for tests).
     #[cfg(test)]
@@ -158,10 +150,8 @@ impl Behind {
     pub(crate) fn catch_up(self, changes: &ChangeSet, file: &str) -> Option<Spare> {
         let Behind {
             old,
-            serving,
-            seq,
-            incarnations_before,
-            incarnations_after,
+            incarnations,
+            now,
         } = self;
         let mut tables = Arc::try_unwrap(old).ok()?;
         let Staged {
@@ -170,15 +160,13 @@ impl Behind {
             tables: staged,
             ..
         } = stage(changes, file, &mut tables, false).ok()?;
-        let mut incarnations = incarnations_before;
+        let mut incarnations = incarnations;
         let (_, replaced) =
             install_tables(&mut tables, &mut incarnations, dropped, created, staged);
         drop(replaced);
-        (incarnations == incarnations_after).then_some(Spare {
+        (incarnations == now.incarnations).then_some(Spare {
             tables,
-            mirrors: serving,
-            seq,
-            incarnations,
+            mirrors: now,
             ahead: BTreeMap::new(),
             ahead_events: false,
         })
@@ -324,19 +312,15 @@ impl Spare {
 impl DictDB {
     /// A spare copy of the tables as they stand. O(records), off the lock.
     pub(crate) fn spare(&self) -> Spare {
-        let (mirrors, seq, incarnations) = {
-            let st = self.lock();
-            (Arc::clone(&st.tables), st.seq, st.next_incarnation)
-        };
+        let mirrors = self.served();
         let tables = mirrors
+            .tables
             .iter()
             .map(|(name, t)| (Arc::clone(name), deep_copy(t)))
             .collect();
         Spare {
             tables,
             mirrors,
-            seq,
-            incarnations,
             ahead: BTreeMap::new(),
             ahead_events: false,
         }
@@ -356,11 +340,7 @@ impl DictDB {
         let Some(spare) = spare else {
             return Ok((self.apply_as(changes, file, Writer::Replica { cut })?, None));
         };
-        let fresh = {
-            let st = self.lock();
-            spare.fresh(&st.tables, st.seq, st.next_incarnation)
-        };
-        if !fresh {
+        if !spare.mirrors.still(&self.lock()) {
             reclaim::later(spare);
             return Ok((self.apply_as(changes, file, Writer::Replica { cut })?, None));
         }
@@ -374,8 +354,6 @@ impl DictDB {
         let Spare {
             mut tables,
             mirrors,
-            seq,
-            incarnations,
             mut ahead,
             ahead_events,
         } = spare;
@@ -416,12 +394,8 @@ impl DictDB {
             staged.events = merged;
         }
         reclaim::later((rest, ahead));
-        let from = Served {
-            tables: mirrors,
-            seq,
-            incarnations,
-        };
-        let Some(swapped) = self.swap_in(tables, staged, from, cut) else {
+        let incarnations = mirrors.incarnations;
+        let Some(swapped) = self.swap_in(tables, staged, mirrors, cut) else {
             // Moved since the check above (a promotion's first write): the
             // changes are applied the ordinary way instead.
             return Ok((self.apply_as(changes, file, Writer::Replica { cut })?, None));
@@ -430,10 +404,8 @@ impl DictDB {
             swapped.applied,
             Some(Behind {
                 old: swapped.old,
-                serving: swapped.serving,
-                seq: swapped.seq,
-                incarnations_before: incarnations,
-                incarnations_after: swapped.incarnations,
+                incarnations,
+                now: swapped.now,
             }),
         ))
     }
