@@ -104,11 +104,8 @@ pub(crate) async fn choose(
             Ok(h) => h,
             // Lenient mode passes over damage, never a store that did not
             // answer: that file may be sound.
-            Err(error) if opts.lenient && !error.is_store_failure() => {
-                skipped.push(Stopped {
-                    file: e.file_name().to_string(),
-                    error,
-                });
+            Err(error) if !error.is_store_failure() => {
+                skipped.push(stop_at(opts, e, error)?);
                 continue;
             }
             Err(error) => return Err(error),
@@ -210,21 +207,11 @@ async fn chain_from(
             // before the limit is missing: damaged, it proves nothing, and
             // the restore cannot say its state is the one asked for.
             Err(error) if beyond_time && !error.is_store_failure() => {
-                let error = unusable_witness(e, error);
-                if opts.lenient {
-                    stopped = Some(Stopped {
-                        file: e.file_name().to_string(),
-                        error,
-                    });
-                    break;
-                }
-                return Err(error);
+                stopped = Some(stop_at(opts, e, unusable_witness(e, error))?);
+                break;
             }
-            Err(error) if opts.lenient && !error.is_store_failure() => {
-                stopped = Some(Stopped {
-                    file: e.file_name().to_string(),
-                    error,
-                });
+            Err(error) if !error.is_store_failure() => {
+                stopped = Some(stop_at(opts, e, error)?);
                 break;
             }
             Err(error) => return Err(error),
@@ -241,16 +228,9 @@ async fn chain_from(
         };
         // The first file beyond the limit must still continue the chain:
         // if it does not, a file before the limit is missing.
-        let link = cursor.check_link(e, &h);
-        if let Err(error) = link {
-            if opts.lenient {
-                stopped = Some(Stopped {
-                    file: e.file_name().to_string(),
-                    error,
-                });
-                break;
-            }
-            return Err(error);
+        if let Err(error) = cursor.check_link(e, &h) {
+            stopped = Some(stop_at(opts, e, error)?);
+            break;
         }
         if beyond_time || beyond_seq {
             // Its header says nothing is missing before the limit; a
@@ -260,15 +240,7 @@ async fn chain_from(
                 if error.is_store_failure() {
                     return Err(error);
                 }
-                let error = unusable_witness(e, error);
-                if opts.lenient {
-                    stopped = Some(Stopped {
-                        file: e.file_name().to_string(),
-                        error,
-                    });
-                    break;
-                }
-                return Err(error);
+                stopped = Some(stop_at(opts, e, unusable_witness(e, error))?);
             }
             break;
         }
@@ -284,6 +256,18 @@ async fn chain_from(
         base_header,
         deltas,
         stopped,
+    })
+}
+
+/// Where a lenient restore stops at (or passes over) `e` for `error`; a
+/// strict one fails with `error`.
+fn stop_at(opts: &Restore, e: &Entry, error: Error) -> Result<Stopped> {
+    if !opts.lenient {
+        return Err(error);
+    }
+    Ok(Stopped {
+        file: e.file_name().to_string(),
+        error,
     })
 }
 
