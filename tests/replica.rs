@@ -129,6 +129,9 @@ struct ReaderStore {
     ranges: AtomicUsize,
     down: AtomicBool,
     delete_on_open: Mutex<Option<String>>,
+    /// The next read of this file fails after this many bytes (an I/O
+    /// error mid-file), once.
+    cut_read: Mutex<Option<(String, usize)>>,
 }
 
 impl ReaderStore {
@@ -140,6 +143,7 @@ impl ReaderStore {
             ranges: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             delete_on_open: Mutex::new(None),
+            cut_read: Mutex::new(None),
         })
     }
 
@@ -176,7 +180,18 @@ impl BackupStore for ReaderStore {
             Some(d) => *self.delete_on_open.lock().unwrap() = Some(d),
             None => {}
         }
-        self.inner.open(name).await
+        let reader = self.inner.open(name).await?;
+        let cut = self.cut_read.lock().unwrap().take();
+        match cut {
+            Some((file, after)) if file == name => Ok(Box::new(CutReader {
+                inner: reader,
+                left: after,
+            })),
+            other => {
+                *self.cut_read.lock().unwrap() = other;
+                Ok(reader)
+            }
+        }
     }
     async fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
         self.ranges.fetch_add(1, Ordering::SeqCst);
@@ -192,6 +207,66 @@ impl BackupStore for ReaderStore {
     async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name).await
     }
+}
+
+/// A reader that fails with an I/O error once `left` bytes were read.
+struct CutReader {
+    inner: dictdb::store::FileReader,
+    left: usize,
+}
+
+impl std::io::Read for CutReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("connection reset (injected)"));
+        }
+        let n = buf.len().min(self.left);
+        let got = self.inner.read(&mut buf[..n])?;
+        self.left -= got;
+        Ok(got)
+    }
+}
+
+/// A read that breaks in the middle of a delta, after the spare copy was
+/// handed part of its upserts: the replica stays at the previous cut, reads
+/// the file again next poll and applies it whole, and the deltas after it
+/// apply exactly (the spare fed from the broken read was thrown away).
+#[tokio::test]
+async fn a_read_broken_mid_delta_leaves_the_previous_cut_and_is_read_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Writer::start(tmp.path()).await;
+    w.insert(1, 3000);
+    let full = w.full().await;
+    let store = ReaderStore::new(tmp.path());
+    let replica = Replica::follow(Arc::clone(&store) as Arc<dyn BackupStore>, quiet())
+        .await
+        .unwrap();
+    for k in 1..=2500 {
+        w.users().update(k, json!({"broken": k})).unwrap();
+    }
+    let d = w.delta().await;
+    let size = std::fs::metadata(tmp.path().join(&d.file)).unwrap().len() as usize;
+    *store.cut_read.lock().unwrap() = Some((d.file.clone(), size * 2 / 3));
+    let err = replica.sync().await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(
+        table_map(replica.db()),
+        w.cuts[&full.seq],
+        "the previous cut"
+    );
+    assert_eq!(replica.db().seq(), full.seq);
+    // Read again, whole this time.
+    replica.sync().await.unwrap();
+    assert_eq!(table_map(replica.db()), w.cuts[&d.seq]);
+    for round in 0..3 {
+        for k in (1 + round..3000).step_by(7) {
+            w.users().update(k, json!({"round": round})).unwrap();
+        }
+        let d = w.delta().await;
+        replica.sync().await.unwrap();
+        assert_eq!(table_map(replica.db()), w.cuts[&d.seq], "round {round}");
+    }
+    w.manager.stop().await.unwrap();
 }
 
 #[tokio::test]
