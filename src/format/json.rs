@@ -29,6 +29,11 @@ const SKIP_DEPTH: usize = 128;
 /// Longest number token accepted.
 const MAX_NUMBER: usize = 4096;
 
+/// Powers of ten exact in a `float64`, for the fast decimal path.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 /// Objects with more fields than this check duplicates with a hash set.
 const LINEAR_FIELDS: usize = 16;
 
@@ -127,6 +132,7 @@ impl<R: Read> JsonReader<R> {
         }
     }
 
+    #[inline]
     fn expect(&mut self, want: u8, what: &str) -> Res<()> {
         let b = self.peek_token()?;
         if b != want {
@@ -345,6 +351,14 @@ impl<R: Read> JsonReader<R> {
     }
 
     fn number_to(&mut self, out: &mut Vec<u8>) -> Res<()> {
+        if self.int_fast(out) {
+            return Ok(());
+        }
+        self.number_general(out)
+    }
+
+    /// Any number token: checks the grammar, then the range.
+    fn number_general(&mut self, out: &mut Vec<u8>) -> Res<()> {
         let at = self.input.offset();
         let (s, n, float) = self.number_token()?;
         let tok = &self.input.buf[s..s + n];
@@ -362,6 +376,77 @@ impl<R: Read> JsonReader<R> {
             }
         }
         Ok(())
+    }
+
+    /// The common cases in one pass: an integer of at most 18 digits, or a
+    /// plain decimal (`-12.5`, no exponent) of at most 15 significant
+    /// digits, that ends inside the buffer. Anything else (an exponent, a
+    /// leading zero, a longer or cut token, a grammar error) is left to the
+    /// general path; `false` then, with nothing consumed.
+    ///
+    /// A decimal of at most 15 digits is `m / 10^k` with `m < 2^53` and
+    /// `k <= 15`, both exact in a `float64`, so one division gives the
+    /// correctly rounded value (Clinger's fast path), as the general parser
+    /// does.
+    #[inline]
+    fn int_fast(&mut self, out: &mut Vec<u8>) -> bool {
+        let inp = &mut self.input;
+        let b = &inp.buf[inp.pos..inp.end];
+        let neg = b.first() == Some(&b'-');
+        let first = usize::from(neg);
+        let mut i = first;
+        let mut v: u64 = 0;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            // 18 digits stay below 2^63: no overflow, either sign.
+            v = v * 10 + u64::from(d);
+            i += 1;
+            if i - first > 18 {
+                return false;
+            }
+        }
+        let digits = i - first;
+        if digits == 0 || (digits > 1 && b[first] == b'0') {
+            return false;
+        }
+        let mut fraction = 0;
+        if b.get(i) == Some(&b'.') {
+            let f0 = i + 1;
+            i = f0;
+            while let Some(&c) = b.get(i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                v = v * 10 + u64::from(d);
+                i += 1;
+                if digits + (i - f0) > 15 {
+                    return false;
+                }
+            }
+            fraction = i - f0;
+            if fraction == 0 {
+                return false;
+            }
+        }
+        if matches!(b.get(i), None | Some(b'.' | b'e' | b'E' | b'+' | b'-')) {
+            return false;
+        }
+        inp.pos += i;
+        if fraction > 0 {
+            // Both operands are exact (v < 10^15 < 2^53): one rounding.
+            let f = v as f64 / POW10[fraction];
+            put_f64(out, if neg { -f } else { f });
+        } else if neg {
+            // `-0` is the integer 0, as in the general path.
+            put_int(out, 0i64.wrapping_sub_unsigned(v));
+        } else {
+            put_uint(out, v);
+        }
+        true
     }
 
     // -- values ------------------------------------------------------------
@@ -441,7 +526,7 @@ impl<R: Read> JsonReader<R> {
             let k1 = out.len();
             if names.len() < LINEAR_FIELDS {
                 let this = &out[k0..k1];
-                if names.iter().any(|&(a, b)| &out[a..b] == this) {
+                if names.iter().any(|&(a, b)| same_name(&out[a..b], this)) {
                     return Input::<R>::bad_at(at, duplicate(this));
                 }
             }
@@ -494,6 +579,19 @@ impl<R: Read> JsonReader<R> {
         }
         insert_header(out, start, false, n);
         Ok(())
+    }
+}
+
+/// Whether two encoded field names are equal; most differ in length, and
+/// the rest are short enough for a byte loop to beat a `memcmp` call.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        false
+    } else if a.len() <= 24 {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    } else {
+        a == b
     }
 }
 
@@ -962,6 +1060,34 @@ mod tests {
 
     fn text(text: &str) -> String {
         Record::from_validated(&transcode(text).unwrap()).to_json_string()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// The one-pass number path and the general number path agree on
+        /// every token: same bytes, or the fast path declines.
+        #[test]
+        fn fast_integers_agree_with_the_general_path(
+            tok in "-?[0-9]{0,22}[.eE+-]?[0-9]{0,17}[eE]?[0-9]{0,2}",
+            end in proptest::sample::select(vec![",", "}", " ", "]", ""]),
+        ) {
+            let text = format!("{tok}{end}");
+            let mut fast = JsonReader::new(text.as_bytes());
+            fast.input.fill(text.len()).unwrap();
+            let mut fast_out = Vec::new();
+            let took = fast.int_fast(&mut fast_out);
+            let mut general = JsonReader::new(text.as_bytes());
+            let mut general_out = Vec::new();
+            let general_result = general.number_general(&mut general_out);
+            if took {
+                proptest::prop_assert!(general_result.is_ok(), "{text}");
+                proptest::prop_assert_eq!(&fast_out, &general_out, "{}", text);
+                proptest::prop_assert_eq!(fast.input.pos, general.input.pos, "{}", text);
+            } else {
+                proptest::prop_assert!(fast_out.is_empty());
+                proptest::prop_assert_eq!(fast.input.pos, 0);
+            }
+        }
     }
 
     #[test]
