@@ -261,14 +261,68 @@ pub(super) struct Staged {
     pub(super) affected: usize,
 }
 
+/// Checks that `changes` can be applied to `base`: every table it changes
+/// exists there or is created by it (and is not dropped by it), its key
+/// field matches, and every upsert has a valid key. Returns those keys,
+/// table by table, so [`stage`] reads each record's key once.
+///
+/// Everything that can make a change set fail is checked here, before
+/// anything is changed: [`stage`] cannot fail after this, so it can change
+/// a map in place.
+fn check_applicable(changes: &ChangeSet, file: &str, base: &TableMap) -> Result<Vec<Vec<Key>>> {
+    let mut keys = Vec::with_capacity(changes.tables.len());
+    for t in &changes.tables {
+        let name = &t.name;
+        let pk = if let Some(pk) = changes.created.get(name) {
+            pk
+        } else if changes.dropped.contains(name) && base.contains_key(name) {
+            return Err(Error::corrupt(
+                file,
+                format!("changes table `{name}`, which it also drops"),
+            ));
+        } else {
+            &base
+                .get(name)
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        file,
+                        format!(
+                            "changes table `{name}`, which does not exist and which it does \
+                             not create (is a delta missing from the chain?)"
+                        ),
+                    )
+                })?
+                .primary_key
+        };
+        if let Some(given) = &t.primary_key {
+            if given != pk {
+                return Err(Error::corrupt(
+                    file,
+                    format!(
+                        "table `{name}` has key field `{given}` here but `{pk}` in the database"
+                    ),
+                ));
+            }
+        }
+        keys.push(
+            t.upserts
+                .iter()
+                .map(|rec| record_key(rec, pk, name).map_err(|e| Error::corrupt(file, e)))
+                .collect::<Result<Vec<Key>>>()?,
+        );
+    }
+    Ok(keys)
+}
+
 /// Works out every change of `changes` against `base` (at least the
 /// touched tables as they stand), without touching the database. `file`
 /// names errors.
 ///
-/// Each table the set changes is taken out of `base` and changed where it
-/// stands: in place when nobody else holds its nodes (a replica's spare
-/// copy), else copying the paths the changes take (a map shared with the
-/// database). On an error `base` has lost the tables taken so far.
+/// The set is checked first ([`check_applicable`]); on an error `base` is
+/// left as it was. Then each table the set changes is taken out of `base`
+/// and changed where it stands: in place when nobody else holds its nodes
+/// (a replica's spare copy, a restore's own database), else copying the
+/// paths the changes take (a map shared with the database).
 ///
 /// `with_events`: build the record change events (skipped while nobody
 /// subscribes: a commit that then finds a subscriber stages again).
@@ -278,6 +332,7 @@ pub(super) fn stage(
     base: &mut TableMap,
     with_events: bool,
 ) -> Result<Staged> {
+    let keys = check_applicable(changes, file, base)?;
     // `None`: dropped by the set (and not created again).
     let mut staged: BTreeMap<Arc<str>, Option<TableState>> = BTreeMap::new();
     for name in &changes.dropped {
@@ -291,40 +346,17 @@ pub(super) fn stage(
     let mut affected = 0usize;
     let mut events: Vec<(Arc<str>, Change)> =
         Vec::with_capacity(if with_events { changes.len() } else { 0 });
-    for t in &changes.tables {
+    for (t, keys) in changes.tables.iter().zip(keys) {
         let name = &t.name;
+        // Checked: created by the set (or changed earlier in it), else in
+        // `base` and not dropped, so the error below cannot happen.
         let mut table = match staged.get(name) {
             Some(Some(s)) => s.clone(),
-            Some(None) => {
-                return Err(Error::corrupt(
-                    file,
-                    format!("changes table `{name}`, which it also drops"),
-                ))
-            }
-            None => base.remove(name).ok_or_else(|| {
-                Error::corrupt(
-                    file,
-                    format!(
-                        "changes table `{name}`, which does not exist and which it does not \
-                         create (is a delta missing from the chain?)"
-                    ),
-                )
+            _ => base.remove(name).ok_or_else(|| {
+                Error::corrupt(file, format!("changes table `{name}`, which is not there"))
             })?,
         };
-        if let Some(pk) = &t.primary_key {
-            if *pk != table.primary_key {
-                return Err(Error::corrupt(
-                    file,
-                    format!(
-                        "table `{name}` has key field `{pk}` here but `{}` in the database",
-                        table.primary_key
-                    ),
-                ));
-            }
-        }
-        let pk = Arc::clone(&table.primary_key);
-        for rec in &t.upserts {
-            let key = record_key(rec, &pk, name).map_err(|e| Error::corrupt(file, e))?;
+        for (rec, key) in t.upserts.iter().zip(keys) {
             table.bump(&key);
             let existed = table.records.insert(key.clone(), rec.clone()).is_some();
             affected += 1;
@@ -469,13 +501,33 @@ impl DictDB {
                 other => return other,
             }
         }
-        // Writers keep winning the race: stage under the lock this time.
+        // Writers keep winning the race: apply under the lock this time.
+        self.apply_locked(changes, file, writer)
+    }
+
+    /// [`apply_named`](Self::apply_named) for a database nobody else uses
+    /// yet (a restore building its result): applied in place under the
+    /// lock, see [`apply_locked`](Self::apply_locked).
+    pub(crate) fn apply_in_place(&self, changes: &ChangeSet, file: &str) -> Result<usize> {
+        self.apply_locked(changes, file, Writer::User)
+            .map(|a| a.affected)
+    }
+
+    /// Applies `changes` under the lock, changing the database's own tables
+    /// where they stand: in place when nothing else holds their nodes (no
+    /// snapshot, no replica state), so a change costs an insert, not a copy
+    /// of its path in the tree plus the freeing of the old one (most of a
+    /// delta's cost when restoring). Still all or nothing: [`stage`] checks
+    /// the whole set before it changes anything. Readers wait for the whole
+    /// apply: for a database nobody reads yet, or when writers keep winning
+    /// the optimistic race.
+    fn apply_locked(&self, changes: &ChangeSet, file: &str, writer: Writer) -> Result<Applied> {
+        validate_names(changes, file)?;
         let mut guard = self.lock();
         let locked = Instant::now();
         check(&guard, writer)?;
-        let seen = Seen::take(&guard, changes);
         // (Events always: a subscriber may come while this runs.)
-        let staged = stage(changes, file, &mut seen.tables.clone(), true)?;
+        let staged = stage(changes, file, Arc::make_mut(&mut guard.tables), true)?;
         let (affected, leftovers) = install(self, &mut guard, writer, staged);
         let held = locked.elapsed();
         drop(guard);
@@ -849,6 +901,89 @@ mod tests {
         t.insert(json!({"id": n + 1})).unwrap();
         t.delete(2).unwrap();
         (db, before.changes_to(&other.snapshot()))
+    }
+
+    /// Every record of every table, as text, and the sequence number.
+    fn state(db: &DictDB) -> (u64, Vec<String>) {
+        let snap = db.snapshot();
+        let mut out = Vec::new();
+        for t in snap.tables() {
+            for (k, r) in t.iter() {
+                out.push(format!("{}/{k}: {}", t.name(), r.to_json_string()));
+            }
+        }
+        (db.seq(), out)
+    }
+
+    /// The in-place apply (a restore's) changes the tables where they
+    /// stand; a set it refuses must still change nothing, wherever in the
+    /// set the fault is: the checks all run before the first change.
+    #[test]
+    fn an_in_place_apply_refused_late_in_the_set_changes_nothing() {
+        let rec = |v: serde_json::Value| {
+            crate::record::PendingRecord::new(&v, "id")
+                .unwrap()
+                .finish(None)
+        };
+        let table = |name: &str, pk: Option<&str>, upserts: Vec<Record>| TableChanges {
+            name: Arc::from(name),
+            primary_key: pk.map(Arc::from),
+            upserts,
+            deletes: vec![Key::Int(2)],
+        };
+        let good = || table("a", Some("id"), vec![rec(json!({"id": 1, "v": 9}))]);
+        let faults: Vec<(&str, ChangeSet)> = vec![
+            (
+                "a record without its key",
+                ChangeSet {
+                    tables: vec![good(), table("b", None, vec![rec(json!({"v": 1}))])],
+                    ..ChangeSet::default()
+                },
+            ),
+            (
+                "another key field",
+                ChangeSet {
+                    tables: vec![good(), table("b", Some("uid"), vec![])],
+                    ..ChangeSet::default()
+                },
+            ),
+            (
+                "a table that is not there",
+                ChangeSet {
+                    tables: vec![good(), table("c", None, vec![])],
+                    ..ChangeSet::default()
+                },
+            ),
+            (
+                "a table it also drops",
+                ChangeSet {
+                    dropped: vec![Arc::from("b")],
+                    tables: vec![good(), table("b", None, vec![])],
+                    ..ChangeSet::default()
+                },
+            ),
+        ];
+        for (what, changes) in faults {
+            let db = DictDB::new();
+            for name in ["a", "b"] {
+                let t = db.create_table(name).unwrap();
+                for i in 1..=3 {
+                    t.insert(json!({"id": i, "v": 0})).unwrap();
+                }
+            }
+            let before = state(&db);
+            let err = db.apply_in_place(&changes, "f").unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
+            assert_eq!(state(&db), before, "{what}: changed by a refused set");
+            // The same set without its fault applies: `a` changes in place.
+            let mut fixed = changes.clone();
+            fixed.tables.truncate(1);
+            fixed.dropped.clear();
+            assert_eq!(db.apply_in_place(&fixed, "f").unwrap(), 2, "{what}");
+            let a = db.table("a").unwrap();
+            assert_eq!(a.get(1).unwrap().unwrap()["v"], 9);
+            assert!(!a.contains(2).unwrap());
+        }
     }
 
     #[test]

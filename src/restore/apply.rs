@@ -134,7 +134,8 @@ impl Applier {
                 .name("dictdb-apply".into())
                 .spawn(move || {
                     for (changes, name, reply) in rx {
-                        let _ = reply.send(db.apply_named(&changes, &name));
+                        // The restore's own database: nobody reads it yet.
+                        let _ = reply.send(db.apply_in_place(&changes, &name));
                     }
                 })
                 .map_err(|e| Error::io(file, e))?;
