@@ -20,7 +20,9 @@ use crate::key::Key;
 use crate::record::encode::{
     container_header, put_bool, put_f64, put_int, put_nil, put_str_bytes, put_uint,
 };
-use crate::record::json::{write_f64, write_key, write_record, write_str, write_uint};
+use crate::record::json::{
+    needs_escape, scan_plain, write_f64, write_key, write_record, write_str, write_uint,
+};
 use crate::record::{Record, MAX_DEPTH};
 
 /// Deepest nesting of a value the reader skips or reads outside records.
@@ -36,56 +38,6 @@ const POW10: [f64; 16] = [
 
 /// Objects with more fields than this check duplicates with a hash set.
 const LINEAR_FIELDS: usize = 16;
-
-/// Bytes that end the fast scan of a string: the quote, the backslash and
-/// control characters.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
-/// The length of the run of `bytes` that needs no unescaping (up to a
-/// quote, a backslash or a control character), and whether that run is
-/// ASCII. Eight bytes at a time: most strings are short and plain.
-#[inline]
-fn scan_plain(bytes: &[u8]) -> (usize, bool) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut seen = 0u64;
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(a);
-        // A quote, a backslash, or a byte below 0x20 somewhere in the word:
-        // the byte loop below finds which.
-        let stop = has_zero(w ^ (ONES * u64::from(b'"')))
-            | has_zero(w ^ (ONES * u64::from(b'\\')))
-            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
-        if stop != 0 {
-            break;
-        }
-        seen |= w;
-        i += 8;
-    }
-    let mut high = (seen & HIGH) != 0;
-    while let Some(&b) = bytes.get(i) {
-        if STRING_STOP[usize::from(b)] {
-            break;
-        }
-        high |= b >= 0x80;
-        i += 1;
-    }
-    (i, !high)
-}
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\r' | b'\t')
@@ -197,7 +149,7 @@ impl<R: Read> JsonReader<R> {
             let inp = &mut self.input;
             let s = inp.pos;
             let mut i = s;
-            while i < inp.end && !STRING_STOP[usize::from(inp.buf[i])] {
+            while i < inp.end && !needs_escape(inp.buf[i]) {
                 i += 1;
             }
             self.scratch.extend_from_slice(&inp.buf[s..i]);
@@ -1154,7 +1106,7 @@ mod tests {
         fn scan_plain_finds_what_a_byte_loop_finds(bytes in proptest::collection::vec(
             proptest::prop_oneof![proptest::num::u8::ANY, proptest::strategy::Just(b'"'),
                 proptest::strategy::Just(b'\\'), 0x20u8..0x7f], 0..40)) {
-            let naive = bytes.iter().position(|&b| STRING_STOP[usize::from(b)]).unwrap_or(bytes.len());
+            let naive = bytes.iter().position(|&b| needs_escape(b)).unwrap_or(bytes.len());
             let (len, ascii) = scan_plain(&bytes);
             proptest::prop_assert_eq!(len, naive);
             proptest::prop_assert_eq!(ascii, bytes[..naive].iter().all(|&b| b < 0x80));

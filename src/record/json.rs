@@ -34,6 +34,50 @@ static ESCAPE: [u8; 256] = [
     __, __, __, __, __, __, __, __, __, __, __, __, __, __, __, __, // 0xF0
 ];
 
+/// Whether `b` cannot stand as itself inside a JSON string: the quote, the
+/// backslash and control characters. The JSON reader stops its fast scan
+/// on the same bytes (they start an escape, end the string or are refused).
+#[inline]
+pub(crate) fn needs_escape(b: u8) -> bool {
+    ESCAPE[usize::from(b)] != 0
+}
+
+/// The length of the run of `bytes` that needs no escaping (up to a quote,
+/// a backslash or a control character), and whether that run is ASCII.
+/// Eight bytes at a time: most strings are short and plain.
+#[inline]
+pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut seen = 0u64;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(a);
+        // A quote, a backslash, or a byte below 0x20 somewhere in the word:
+        // the byte loop below finds which.
+        let stop = has_zero(w ^ (ONES * u64::from(b'"')))
+            | has_zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if stop != 0 {
+            break;
+        }
+        seen |= w;
+        i += 8;
+    }
+    let mut high = (seen & HIGH) != 0;
+    while let Some(&b) = bytes.get(i) {
+        if needs_escape(b) {
+            break;
+        }
+        high |= b >= 0x80;
+        i += 1;
+    }
+    (i, !high)
+}
+
 /// Writes `s` as a JSON string literal (UTF-8 kept as is, as serde_json does).
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     write_bytes(out, s.as_bytes());
@@ -46,13 +90,14 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     // Fast path: most strings need no escaping at all.
-    if bytes.iter().all(|&b| ESCAPE[usize::from(b)] == 0) {
+    let (plain, _) = scan_plain(bytes);
+    if plain == bytes.len() {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
     }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(plain) {
         let esc = ESCAPE[usize::from(b)];
         if esc == 0 {
             continue;
@@ -164,6 +209,17 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<()
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Value};
+
+    proptest::proptest! {
+        /// Strings are written exactly as serde_json writes them, whatever
+        /// mix of plain runs (scanned eight bytes at a time) and escapes.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(s in "[a-z\"\\\\\u{0}-\u{1f}é\u{7f}]{0,40}") {
+            let mut out = Vec::new();
+            super::write_str(&mut out, &s);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+        }
+    }
 
     use crate::record::PendingRecord;
 
