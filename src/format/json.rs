@@ -31,6 +31,10 @@ const SKIP_DEPTH: usize = 128;
 /// Longest number token accepted.
 const MAX_NUMBER: usize = 4096;
 
+/// Largest buffer reserved up front for a segment of records (larger ones
+/// grow as they are written).
+const SEGMENT_BUFFER_MAX: usize = 16 << 20;
+
 /// Powers of ten exact in a `float64`, for the fast decimal path.
 const POW10: [f64; 16] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
@@ -946,8 +950,22 @@ impl DocWriter for JsonWriter {
         let _ = write_record(&mut self.buf, rec.as_msgpack());
     }
 
-    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, first: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(super::checksum::CHUNK);
+    fn segment(
+        &self,
+        records: &mut dyn Iterator<Item = &Record>,
+        count: usize,
+        first: bool,
+    ) -> Vec<u8> {
+        // Sized from the first record (its text is about 1.4 times its
+        // stored bytes), so the buffer is not grown and copied three or
+        // four times on the way to a segment's few megabytes.
+        let mut records = records.peekable();
+        let per = records.peek().map_or(0, |r| r.encoded_len() * 3 / 2 + 2);
+        let mut out = Vec::with_capacity(
+            count
+                .saturating_mul(per)
+                .clamp(super::checksum::CHUNK, SEGMENT_BUFFER_MAX),
+        );
         let mut first = first;
         for rec in records {
             out.extend_from_slice(if first { b"\n" } else { b",\n" });

@@ -385,8 +385,15 @@ impl DocWriter for MsgpackWriter {
         self.buf.extend_from_slice(rec.as_msgpack());
     }
 
-    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, _first: bool) -> Vec<u8> {
-        let mut out = Vec::new();
+    fn segment(
+        &self,
+        records: &mut dyn Iterator<Item = &Record>,
+        count: usize,
+        _first: bool,
+    ) -> Vec<u8> {
+        let mut records = records.peekable();
+        let per = records.peek().map_or(0, |r| r.encoded_len());
+        let mut out = Vec::with_capacity(count.saturating_mul(per).min(16 << 20));
         for rec in records {
             out.extend_from_slice(rec.as_msgpack());
         }

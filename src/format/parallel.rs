@@ -65,7 +65,7 @@ where
                 as Box<dyn Iterator<Item = _>>,
             None => Box::new(t.records.range::<_, Key>(&starts[k]..).map(|(_, r)| r)),
         };
-        writer.segment(&mut records, k == 0)
+        writer.segment(&mut records, SEGMENT, k == 0)
     };
     let next = AtomicUsize::new(0);
     let result = std::thread::scope(|scope| -> Result<()> {

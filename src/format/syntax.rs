@@ -103,9 +103,15 @@ pub(crate) trait DocWriter {
     /// A record, as an array element.
     fn record(&mut self, rec: &Record);
     /// Records as consecutive array elements, into a buffer of their own
-    /// (`first`: they start the array). Stateless, so segments of one array
-    /// can be written on several threads and handed on in order.
-    fn segment(&self, records: &mut dyn Iterator<Item = &Record>, first: bool) -> Vec<u8>;
+    /// (`first`: they start the array; `count`: about how many there are,
+    /// to size the buffer). Stateless, so segments of one array can be
+    /// written on several threads and handed on in order.
+    fn segment(
+        &self,
+        records: &mut dyn Iterator<Item = &Record>,
+        count: usize,
+        first: bool,
+    ) -> Vec<u8>;
     /// Whether writing records costs enough to spread over cores (JSON
     /// transcodes each record; MessagePack copies its bytes).
     fn parallel_pays(&self) -> bool;
