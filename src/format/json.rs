@@ -307,7 +307,7 @@ impl<R: Read> JsonReader<R> {
     }
 
     fn number_to(&mut self, out: &mut Vec<u8>) -> Res<()> {
-        if self.int_fast(out) {
+        if self.number_fast(out) {
             return Ok(());
         }
         self.number_general(out)
@@ -345,45 +345,27 @@ impl<R: Read> JsonReader<R> {
     /// correctly rounded value (Clinger's fast path), as the general parser
     /// does.
     #[inline]
-    fn int_fast(&mut self, out: &mut Vec<u8>) -> bool {
+    fn number_fast(&mut self, out: &mut Vec<u8>) -> bool {
         let inp = &mut self.input;
         let b = &inp.buf[inp.pos..inp.end];
         let neg = b.first() == Some(&b'-');
         let first = usize::from(neg);
         let mut i = first;
         let mut v: u64 = 0;
-        while let Some(&c) = b.get(i) {
-            let d = c.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            // 18 digits stay below 2^63: no overflow, either sign.
-            v = v * 10 + u64::from(d);
-            i += 1;
-            if i - first > 18 {
-                return false;
-            }
-        }
-        let digits = i - first;
+        // 18 digits stay below 2^63: no overflow, either sign.
+        let Some(digits) = take_digits(b, &mut i, &mut v, 18) else {
+            return false;
+        };
         if digits == 0 || (digits > 1 && b[first] == b'0') {
             return false;
         }
         let mut fraction = 0;
         if b.get(i) == Some(&b'.') {
-            let f0 = i + 1;
-            i = f0;
-            while let Some(&c) = b.get(i) {
-                let d = c.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                v = v * 10 + u64::from(d);
-                i += 1;
-                if digits + (i - f0) > 15 {
-                    return false;
-                }
-            }
-            fraction = i - f0;
+            i += 1;
+            let Some(f) = take_digits(b, &mut i, &mut v, 15usize.saturating_sub(digits)) else {
+                return false;
+            };
+            fraction = f;
             if fraction == 0 {
                 return false;
             }
@@ -536,6 +518,26 @@ impl<R: Read> JsonReader<R> {
         insert_header(out, start, false, n);
         Ok(())
     }
+}
+
+/// Reads the decimal digits of `b` from `*i` on into `v` (`v * 10 + d` for
+/// each), moving `*i` past them: how many there were, or `None` if there
+/// are more than `max` (then `v` and `*i` are not to be used).
+#[inline]
+fn take_digits(b: &[u8], i: &mut usize, v: &mut u64, max: usize) -> Option<usize> {
+    let start = *i;
+    while let Some(&c) = b.get(*i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        if *i - start == max {
+            return None;
+        }
+        *v = *v * 10 + u64::from(d);
+        *i += 1;
+    }
+    Some(*i - start)
 }
 
 /// Whether two encoded field names are equal; most differ in length, and
@@ -1045,7 +1047,7 @@ mod tests {
             let mut fast = JsonReader::new(text.as_bytes());
             fast.input.fill(text.len()).unwrap();
             let mut fast_out = Vec::new();
-            let took = fast.int_fast(&mut fast_out);
+            let took = fast.number_fast(&mut fast_out);
             let mut general = JsonReader::new(text.as_bytes());
             let mut general_out = Vec::new();
             let general_result = general.number_general(&mut general_out);
