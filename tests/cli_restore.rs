@@ -457,6 +457,32 @@ async fn allow_unverified_is_an_option_of_restore_and_verify() {
     cli(args!["verify", &c.dir, "--allow-unverified"]).ok();
 }
 
+/// A delta without checksum after a chain of ours can be no delta of the
+/// Python original (those only follow the original's full backups): the
+/// hint says so instead of promising that `--allow-unverified` helps, and
+/// with the option the chain is still refused as mixed, in restore and
+/// verify alike, naming the file.
+#[tokio::test]
+async fn a_python_looking_delta_after_our_chain_is_not_promised_to_the_option() {
+    let c = make_chain().await;
+    let python = "dictdb_delta_1999999999_000000.json";
+    std::fs::write(
+        c.dir.join(python),
+        r#"{"type":"delta","timestamp":1999999999.0,"tables":{"t":{"upserts":[{"id":50}],"deletes":[]}}}"#,
+    )
+    .unwrap();
+    let x = c.tmp.path().join("x.json");
+    let r = cli(args!["restore", &c.dir, "--out", &x]);
+    r.fails(1, "can only follow a full backup of the original");
+    assert!(r.stderr.contains(python), "{r:#?}");
+    let r = cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]);
+    r.fails(1, "the chain is mixed");
+    assert!(r.stderr.contains(python), "{r:#?}");
+    let v = cli(args!["verify", &c.dir, "--allow-unverified"]);
+    assert!(v.code == 1 && v.stdout.contains(python), "{v:#?}");
+    assert!(!x.exists());
+}
+
 /// Names and paths printed in messages are escaped: a file name cannot
 /// forge lines or send terminal escapes.
 #[tokio::test]

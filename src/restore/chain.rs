@@ -198,14 +198,28 @@ impl Catalog {
         if allow {
             return Ok(());
         }
+        // Allowing it only helps a file that can be the original's: a full
+        // backup, or a delta after one of the original's full backups (a
+        // delta of the original never extends a chain of ours).
+        let advice = match e.kind() {
+            BackupKind::Full => {
+                "if it is one: `dictdb-backup restore --allow-unverified`, \
+                                 `Restore::allow_unverified(true)`"
+            }
+            BackupKind::Delta => {
+                "a delta of the original can only follow a full backup of \
+                                  the original, never one of dictdb's; if it does: \
+                                  `dictdb-backup restore --allow-unverified`, \
+                                  `Restore::allow_unverified(true)`"
+            }
+        };
         match self.first_ours().await {
             Some(first) if *first <= e.name => Err(Error::corrupt(
                 e.file_name(),
                 format!(
                     "carries no checksum, but {first} and later files of this store were \
                      written by dictdb: a damaged file cannot be told from one written by the \
-                     Python original (if it is one: `dictdb-backup restore --allow-unverified`, \
-                     `Restore::allow_unverified(true)`)"
+                     Python original ({advice})"
                 ),
             )),
             _ => Ok(()),
