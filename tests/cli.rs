@@ -327,3 +327,50 @@ fn the_python_chain_lists_verifies_and_inspects_as_unverified() {
         "{text}"
     );
 }
+
+/// A table the original created after its last full backup exists only in
+/// its deltas, without its key field: `restore` and `verify` refuse it by
+/// name and say which option to give, accept it with `--key-field`, and
+/// refuse a malformed option as a usage error.
+#[test]
+fn key_field_lets_a_table_only_the_original_deltas_hold_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::python_fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("dictdb_") {
+            std::fs::copy(&path, tmp.path().join(name)).unwrap();
+        }
+    }
+    let delta = "dictdb_delta_1795682695_000000.json";
+    std::fs::write(
+        tmp.path().join(delta),
+        r#"{"type": "delta", "timestamp": 1795682695.0, "tables": {
+             "audit": {"upserts": [{"audit_id": "a-1", "what": "login"}], "deletes": []}}}"#,
+    )
+    .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let out = tmp.path().join("restored").join("db.json");
+    std::fs::create_dir(out.parent().unwrap()).unwrap();
+    let r = cli(args!["restore", &dir, "--out", &out]);
+    r.fails(1, "--key-field audit=FIELD");
+    assert!(r.stderr.contains(delta), "{r:#?}");
+    let v = cli(args!["verify", &dir]);
+    assert!(v.code == 1 && v.stdout.contains(delta), "{v:#?}");
+
+    cli(args![
+        "restore",
+        &dir,
+        "--out",
+        &out,
+        "--key-field",
+        "audit=audit_id"
+    ])
+    .ok();
+    let db = dictdb::DictDB::load(&out, dictdb::FileFormat::Json).unwrap();
+    let audit = db.table("audit").unwrap();
+    assert_eq!(audit.primary_key(), "audit_id");
+    assert_eq!(audit.get("a-1").unwrap().unwrap()["what"], "login");
+    cli(args!["verify", &dir, "--key-field", "audit=audit_id"]).ok();
+    cli(args!["verify", &dir, "--key-field", "audit"]).fails(2, "TABLE=FIELD");
+}

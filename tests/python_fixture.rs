@@ -71,3 +71,83 @@ async fn directory_restores_in_one_call_and_is_reported_unverified() {
     assert!(!restored.verified, "the original writes no checksums");
     assert_eq!(restored.seq, None);
 }
+
+/// The fixture's chain plus two deltas of the original that change a table
+/// created after its last full backup (`audit`, key field `audit_id`): the
+/// original's deltas carry neither the creation nor the key field.
+fn chain_with_a_table_created_after_the_full_backup() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::python_fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("dictdb_") {
+            std::fs::copy(&path, tmp.path().join(name)).unwrap();
+        }
+    }
+    std::fs::write(
+        tmp.path().join("dictdb_delta_1795682695_000000.json"),
+        r#"{"type": "delta", "timestamp": 1795682695.0, "tables": {
+             "users": {"upserts": [{"id": 1, "name": "Alice", "note": "audited"}], "deletes": []},
+             "audit": {"upserts": [{"audit_id": "a-1", "id": 1, "what": "login"},
+                                   {"audit_id": "a-2", "id": 1, "what": "logout"}],
+                       "deletes": []}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("dictdb_delta_1795682696_000000.json"),
+        r#"{"type": "delta", "timestamp": 1795682696.0, "tables": {
+             "audit": {"upserts": [{"audit_id": "a-3", "id": 2, "what": "login"}],
+                       "deletes": ["a-1"]}}}"#,
+    )
+    .unwrap();
+    tmp
+}
+
+/// Without the key field the table cannot be made: the delta is refused,
+/// naming the table and the option (a lenient restore stops before it, at
+/// the fixture's final state); with it, the table is created and both
+/// deltas apply; verify agrees with restore either way.
+#[tokio::test]
+async fn a_table_created_after_the_original_full_backup_restores_given_its_key_field() {
+    let tmp = chain_with_a_table_created_after_the_full_backup();
+    let restore = || dictdb::restore::Restore::from_dir(tmp.path()).unwrap();
+    let err = restore().run().await.unwrap_err().to_string();
+    assert!(
+        err.contains("dictdb_delta_1795682695_000000.json")
+            && err.contains("`audit`")
+            && err.contains("--key-field audit=FIELD"),
+        "{err}"
+    );
+    let lenient = restore().stop_at_last_consistent(true).run().await.unwrap();
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(common::python_fixture_dir().join("expected_final.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(common::dump(&lenient.db), expected, "stops at the last cut");
+    assert!(lenient.stopped.is_some());
+    assert!(!restore().verify().await.unwrap().is_ok());
+
+    // A key field for a table the chain holds is not consulted.
+    let given = || {
+        restore()
+            .key_field("audit", "audit_id")
+            .key_field("users", "name")
+    };
+    let restored = given().run().await.unwrap();
+    assert_eq!(restored.applied.len(), 6);
+    let audit = restored.db.table("audit").unwrap();
+    assert_eq!(audit.primary_key(), "audit_id");
+    let keys: Vec<String> = restored
+        .db
+        .snapshot()
+        .table("audit")
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(keys, [r#""a-2""#, r#""a-3""#], "keys shown as JSON");
+    let users = restored.db.table("users").unwrap();
+    assert_eq!(users.primary_key(), "id");
+    assert_eq!(users.get(1).unwrap().unwrap()["note"], "audited");
+    assert!(given().verify().await.unwrap().is_ok());
+}

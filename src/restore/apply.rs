@@ -100,6 +100,40 @@ pub(crate) async fn check_file_fed(
     Ok(d)
 }
 
+/// A delta of the Python original that changes a table the database does
+/// not hold (created after the original's last full backup: its deltas do
+/// not record created tables nor key fields) creates it, with the key field
+/// the caller gave ([`Restore::key_field`]); without one it is refused, as
+/// the apply would refuse it, but saying what is missing.
+fn create_python_tables(
+    opts: &Restore,
+    db: &DictDB,
+    changes: &mut ChangeSet,
+    file: &str,
+) -> Result<()> {
+    for t in &changes.tables {
+        let name: &str = &t.name;
+        if db.has_table(name) || changes.created.contains_key(name) {
+            continue;
+        }
+        let Some(field) = opts.key_fields.get(name) else {
+            return Err(Error::corrupt(
+                file,
+                format!(
+                    "changes table `{name}`, which the restored database does not hold: the \
+                     Python original writes a table created after its last full backup only \
+                     into its deltas, without its key field; give it with \
+                     `--key-field {name}=FIELD` (`Restore::key_field`)"
+                ),
+            ));
+        };
+        changes
+            .created
+            .insert(Arc::clone(&t.name), Arc::from(field.as_str()));
+    }
+    Ok(())
+}
+
 /// Aborts the read-ahead when the restore ends early (the decoding thread
 /// then finds its channels closed and ends).
 struct Ahead(JoinHandle<()>);
@@ -286,9 +320,13 @@ pub(crate) async fn load(
             check_identity(e, &d.header)?;
             cursor.check_link(e, &d.header)?;
             let seen = observe.is_some().then(|| Seen::of(&d));
-            let Body::Delta(changes) = d.body else {
+            let python = d.header.meta.is_none();
+            let Body::Delta(mut changes) = d.body else {
                 return Err(changed(e));
             };
+            if python {
+                create_python_tables(opts, &db, &mut changes, e.file_name())?;
+            }
             let n = applier.apply(changes, e.file_name()).await;
             let _ = applied_tx.send(());
             Ok((d.header, d.integrity, n?, seen))

@@ -21,6 +21,7 @@ mod list;
 pub(crate) mod plan;
 mod verify;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -135,6 +136,9 @@ pub struct Restore {
     until_seq: Option<u64>,
     lenient: bool,
     allow_unverified: bool,
+    /// Key fields of tables that deltas of the Python original change
+    /// without the chain holding them (see [`Restore::key_field`]).
+    key_fields: BTreeMap<String, String>,
 }
 
 /// Restores the directory `dir`: newest full backup plus the deltas after it,
@@ -153,6 +157,7 @@ impl Restore {
             until_seq: None,
             lenient: false,
             allow_unverified: false,
+            key_fields: BTreeMap::new(),
         }
     }
 
@@ -201,6 +206,36 @@ impl Restore {
     #[must_use]
     pub fn allow_unverified(mut self, allow: bool) -> Restore {
         self.allow_unverified = allow;
+        self
+    }
+
+    /// The key field of `table`, for deltas of the Python original that
+    /// change a table the chain does not hold; may be given for several
+    /// tables.
+    ///
+    /// The original writes a table created after its last full backup only
+    /// into its deltas, as upserts and deletes, without the table's key
+    /// field (and its own restore skips such tables, losing them). Here a
+    /// checksum-less delta that changes a table the restored database does
+    /// not hold creates it with the key field given here; without one, the
+    /// delta is refused as damaged, naming the table and this option (a
+    /// lenient restore stops before it). The option is never consulted for
+    /// files of this library (their deltas record the tables they create)
+    /// nor for tables the database already holds.
+    ///
+    /// ```no_run
+    /// # async fn f() -> dictdb::Result<()> {
+    /// let restored = dictdb::restore::Restore::from_dir("./python-backups")?
+    ///     .key_field("events", "event_id")
+    ///     .run()
+    ///     .await?;
+    /// assert!(restored.db.has_table("events"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn key_field(mut self, table: impl Into<String>, field: impl Into<String>) -> Restore {
+        self.key_fields.insert(table.into(), field.into());
         self
     }
 

@@ -119,6 +119,12 @@ enum Command {
         /// checksum in one byte, but the store may hold worse damage.
         #[arg(long)]
         allow_unverified: bool,
+        /// TABLE=FIELD: the key field of a table that deltas of the Python
+        /// original change without the chain holding it (a table created
+        /// after the original's last full backup: its deltas do not say).
+        /// May be given for several tables.
+        #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
+        key_field: Vec<(String, String)>,
     },
     /// Restore a store (up to a time or a sequence number) into one full backup file.
     ///
@@ -165,6 +171,12 @@ enum Command {
         /// checksum in one byte, but the store may hold worse damage.
         #[arg(long)]
         allow_unverified: bool,
+        /// TABLE=FIELD: the key field of a table that deltas of the Python
+        /// original change without the chain holding it (a table created
+        /// after the original's last full backup: its deltas do not say).
+        /// May be given for several tables.
+        #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
+        key_field: Vec<(String, String)>,
     },
     /// Read and check one backup file: kind, time, tables, records, upserts and deletes.
     ///
@@ -261,6 +273,18 @@ enum Command {
 
 /// A sequence number, with a reason an operator can act on (the standard
 /// parser says "number too large to fit in target type").
+/// `TABLE=FIELD`, split at the first `=`; neither side empty.
+fn parse_key_field(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((table, field)) if !table.is_empty() && !field.is_empty() => {
+            Ok((table.to_string(), field.to_string()))
+        }
+        _ => Err(format!(
+            "not TABLE=FIELD: {s:?} (for example events=event_id)"
+        )),
+    }
+}
+
 fn parse_seq(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -319,7 +343,8 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
         Command::Verify {
             store,
             allow_unverified,
-        } => verify::run(&store, allow_unverified, out).await,
+            key_field,
+        } => verify::run(&store, allow_unverified, key_field, out).await,
         Command::Restore {
             store,
             out: file,
@@ -329,6 +354,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             lenient,
             dry_run,
             allow_unverified,
+            key_field,
         } => {
             let req = restore::Request {
                 dir: store,
@@ -339,6 +365,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
                 lenient,
                 dry_run,
                 allow_unverified,
+                key_fields: key_field,
             };
             restore::run(req, out).await
         }

@@ -29,6 +29,9 @@ pub(crate) struct Request {
     pub(crate) lenient: bool,
     pub(crate) dry_run: bool,
     pub(crate) allow_unverified: bool,
+    /// `--key-field TABLE=FIELD`, for tables only deltas of the Python
+    /// original hold.
+    pub(crate) key_fields: Vec<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -155,6 +158,9 @@ fn options(req: &Request, store: Arc<dyn BackupStore>) -> Restore {
     }
     if let Some(seq) = req.until_seq {
         r = r.until_seq(seq);
+    }
+    for (table, field) in &req.key_fields {
+        r = r.key_field(table, field);
     }
     r
 }

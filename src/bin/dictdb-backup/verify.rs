@@ -77,13 +77,20 @@ struct Counts {
     ignored: usize,
 }
 
-pub(crate) async fn run(dir: &Path, allow_unverified: bool, out: Output) -> Result<Exit, CliError> {
+pub(crate) async fn run(
+    dir: &Path,
+    allow_unverified: bool,
+    key_fields: Vec<(String, String)>,
+    out: Output,
+) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let progress = Progress::start("verifying", None);
-    let report = crate::keys::restore(progress.meter(Arc::clone(&store)))
-        .allow_unverified(allow_unverified)
-        .verify()
-        .await;
+    let mut opts =
+        crate::keys::restore(progress.meter(Arc::clone(&store))).allow_unverified(allow_unverified);
+    for (table, field) in key_fields {
+        opts = opts.key_field(table, field);
+    }
+    let report = opts.verify().await;
     progress.finish();
     let report = report?;
     if !report.files.iter().any(|f| f.kind.is_some()) {
