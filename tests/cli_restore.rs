@@ -473,14 +473,32 @@ async fn a_python_looking_delta_after_our_chain_is_not_promised_to_the_option() 
     .unwrap();
     let x = c.tmp.path().join("x.json");
     let r = cli(args!["restore", &c.dir, "--out", &x]);
-    r.fails(1, "can only follow a full backup of the original");
+    r.fails(1, "only follow a full backup of the original");
     assert!(r.stderr.contains(python), "{r:#?}");
+    assert!(!r.stderr.contains("--allow-unverified"), "{r:#?}");
     let r = cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]);
     r.fails(1, "the chain is mixed");
     assert!(r.stderr.contains(python), "{r:#?}");
     let v = cli(args!["verify", &c.dir, "--allow-unverified"]);
     assert!(v.code == 1 && v.stdout.contains(python), "{v:#?}");
     assert!(!x.exists());
+
+    // After a full backup of the original, the same delta can be one of
+    // its deltas: then the option is named, and it works.
+    std::fs::remove_file(c.dir.join(python)).unwrap();
+    std::fs::write(
+        c.dir.join("dictdb_backup_1999999998_000000.json"),
+        r#"{"tables":{"t":{"primary_key":"id","schema":null,"records":[{"id":1}]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        c.dir.join(python),
+        r#"{"type":"delta","timestamp":1999999999.0,"tables":{"t":{"upserts":[{"id":50}],"deletes":[]}}}"#,
+    )
+    .unwrap();
+    cli(args!["restore", &c.dir, "--out", &x]).fails(1, "--allow-unverified");
+    cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]).ok();
+    assert!(load(&x).table("t").unwrap().get(50).unwrap().is_some());
 }
 
 /// Names and paths printed in messages are escaped: a file name cannot

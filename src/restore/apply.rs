@@ -122,8 +122,8 @@ fn create_python_tables(
                 format!(
                     "changes table `{name}`, which the restored database does not hold: the \
                      Python original writes a table created after its last full backup only \
-                     into its deltas, without its key field; give it with \
-                     `--key-field {name}=FIELD` (`Restore::key_field`)"
+                     into its deltas, without its key field; give it with {}",
+                    key_field_hint(name)
                 ),
             ));
         };
@@ -132,6 +132,26 @@ fn create_python_tables(
             .insert(Arc::clone(&t.name), Arc::from(field.as_str()));
     }
     Ok(())
+}
+
+/// How to give the key field of `table`: the command-line flag as it can
+/// be typed in a shell (quoted when the name needs it), or only the
+/// library call when the flag cannot name it (it splits at the first `=`).
+fn key_field_hint(table: &str) -> String {
+    let call = format!("`Restore::key_field({table:?}, FIELD)`");
+    if table.contains('=') {
+        return format!("{call} (`--key-field` cannot name a table with `=`)");
+    }
+    let arg = format!("{table}=FIELD");
+    let plain = arg
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.=/:@%+,".contains(&b));
+    let arg = if plain {
+        arg
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    };
+    format!("`--key-field {arg}` ({call})")
 }
 
 /// Aborts the read-ahead when the restore ends early (the decoding thread
@@ -368,6 +388,21 @@ pub(crate) async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_field_hint_can_be_typed() {
+        assert_eq!(
+            key_field_hint("events"),
+            r#"`--key-field events=FIELD` (`Restore::key_field("events", FIELD)`)"#
+        );
+        assert!(key_field_hint("my events").starts_with("`--key-field 'my events=FIELD'`"));
+        assert!(key_field_hint("it's").starts_with(r"`--key-field 'it'\''s=FIELD'`"));
+        let eq = key_field_hint("a=b");
+        assert!(
+            !eq.contains("--key-field a") && eq.contains(r#"key_field("a=b""#),
+            "{eq}"
+        );
+    }
     use crate::naming::BackupKind;
     use crate::store::LocalStore;
     use crate::{BackupConfig, BackupManager};

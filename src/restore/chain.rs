@@ -198,32 +198,47 @@ impl Catalog {
         if allow {
             return Ok(());
         }
+        let Some(first) = self.first_ours().await.filter(|first| **first <= e.name) else {
+            return Ok(());
+        };
         // Allowing it only helps a file that can be the original's: a full
         // backup, or a delta after one of the original's full backups (a
         // delta of the original never extends a chain of ours).
+        let option = "`dictdb-backup restore --allow-unverified`, \
+                      `Restore::allow_unverified(true)`";
         let advice = match e.kind() {
-            BackupKind::Full => {
-                "if it is one: `dictdb-backup restore --allow-unverified`, \
-                                 `Restore::allow_unverified(true)`"
+            BackupKind::Full => format!("if it is one: {option}"),
+            BackupKind::Delta if self.original_full_between(first, &e.name).await => {
+                format!("if it is one, after the original's full backup: {option}")
             }
-            BackupKind::Delta => {
-                "a delta of the original can only follow a full backup of \
-                                  the original, never one of dictdb's; if it does: \
-                                  `dictdb-backup restore --allow-unverified`, \
-                                  `Restore::allow_unverified(true)`"
-            }
+            BackupKind::Delta => "nor a delta of the original: those only follow a full \
+                                  backup of the original, and none comes between dictdb's \
+                                  files and this one"
+                .to_string(),
         };
-        match self.first_ours().await {
-            Some(first) if *first <= e.name => Err(Error::corrupt(
-                e.file_name(),
-                format!(
-                    "carries no checksum, but {first} and later files of this store were \
-                     written by dictdb: a damaged file cannot be told from one written by the \
-                     Python original ({advice})"
-                ),
-            )),
-            _ => Ok(()),
+        Err(Error::corrupt(
+            e.file_name(),
+            format!(
+                "carries no checksum, but {first} and later files of this store were written \
+                 by dictdb: a damaged file cannot be told from one written by the Python \
+                 original ({advice})"
+            ),
+        ))
+    }
+
+    /// Whether a full backup without dictdb metadata (the original's) lies
+    /// between `from` (included) and `to` in write order.
+    async fn original_full_between(&self, from: &BackupName, to: &BackupName) -> bool {
+        for f in self
+            .entries
+            .iter()
+            .filter(|f| f.kind() == BackupKind::Full && *from <= f.name && f.name < *to)
+        {
+            if matches!(self.header(f).await, Ok(h) if h.meta.is_none()) {
+                return true;
+            }
         }
+        false
     }
 
     /// Indices of the full backups, oldest first.

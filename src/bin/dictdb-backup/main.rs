@@ -122,7 +122,8 @@ enum Command {
         /// TABLE=FIELD: the key field of a table that deltas of the Python
         /// original change without the chain holding it (a table created
         /// after the original's last full backup: its deltas do not say).
-        /// May be given for several tables.
+        /// Split at the first `=`; may be given for several tables (for
+        /// one table twice, the last wins).
         #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
         key_field: Vec<(String, String)>,
     },
@@ -174,7 +175,8 @@ enum Command {
         /// TABLE=FIELD: the key field of a table that deltas of the Python
         /// original change without the chain holding it (a table created
         /// after the original's last full backup: its deltas do not say).
-        /// May be given for several tables.
+        /// Split at the first `=`; may be given for several tables (for
+        /// one table twice, the last wins).
         #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
         key_field: Vec<(String, String)>,
     },
