@@ -151,3 +151,28 @@ async fn a_table_created_after_the_original_full_backup_restores_given_its_key_f
     assert_eq!(users.get(1).unwrap().unwrap()["note"], "audited");
     assert!(given().verify().await.unwrap().is_ok());
 }
+
+/// A service taking over the original's store restores it on start with
+/// the key field given in its configuration, and its own backups then
+/// carry the table: a plain restore afterwards needs no option.
+#[tokio::test]
+async fn restore_or_start_takes_the_key_field_from_its_configuration() {
+    let tmp = chain_with_a_table_created_after_the_full_backup();
+    let config = || dictdb::BackupConfig::new(tmp.path()).incremental(true);
+    let err = match dictdb::BackupManager::restore_or_start(config()).await {
+        Ok(_) => panic!("started without the key field"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("`audit`"), "{err}");
+    let started =
+        dictdb::BackupManager::restore_or_start(config().restore_key_field("audit", "audit_id"))
+            .await
+            .unwrap();
+    let audit = started.db.table("audit").unwrap();
+    assert_eq!(audit.primary_key(), "audit_id");
+    assert_eq!(audit.len().unwrap(), 2);
+    started.manager.backup_full().await.unwrap();
+    started.manager.stop().await.unwrap();
+    let again = dictdb::restore_dir(tmp.path()).await.unwrap();
+    assert_eq!(common::dump(&again.db), common::dump(&started.db));
+}

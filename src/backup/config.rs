@@ -56,6 +56,9 @@ pub struct BackupConfig {
     pub(crate) rules: Vec<Rule>,
     pub(crate) max_retry_interval: Option<Duration>,
     pub(crate) allow_store_ahead: bool,
+    /// Key fields of tables only the Python original's deltas hold, for
+    /// the restore on start ([`BackupConfig::restore_key_field`]).
+    pub(crate) restore_key_fields: Vec<(String, String)>,
     /// Compression and encryption of the files written.
     pub(crate) sealing: Sealing,
     /// Why the recipients given to `encrypt_to` cannot be used.
@@ -85,6 +88,7 @@ impl fmt::Debug for BackupConfig {
             .field("backup_after", &self.rules)
             .field("max_retry_interval", &self.retry_cap())
             .field("allow_store_ahead", &self.allow_store_ahead)
+            .field("restore_key_fields", &self.restore_key_fields)
             .field("compression", &self.sealing.compression)
             .field("encrypted", &self.sealing.layers().age)
             .finish()
@@ -115,6 +119,7 @@ impl BackupConfig {
             rules: Vec::new(),
             max_retry_interval: None,
             allow_store_ahead: false,
+            restore_key_fields: Vec::new(),
             sealing: Sealing {
                 compression: Compression::None,
                 threads: DEFAULT_ZSTD_THREADS,
@@ -323,10 +328,26 @@ impl BackupConfig {
         self
     }
 
-    /// A restore of `store` with this configuration's identities.
+    /// For [`restore_or_start`](crate::BackupManager::restore_or_start) on
+    /// a store the Python original wrote: the key field of `table`, a table
+    /// the original created after its last full backup (its deltas hold it
+    /// without its key field). See
+    /// [`Restore::key_field`](crate::restore::Restore::key_field); may be
+    /// given for several tables. Default: none (such a store is refused,
+    /// naming the table).
+    #[must_use]
+    pub fn restore_key_field(mut self, table: impl Into<String>, field: impl Into<String>) -> Self {
+        self.restore_key_fields.push((table.into(), field.into()));
+        self
+    }
+
+    /// A restore of `store` with this configuration's identities and
+    /// restore key fields.
     pub(crate) fn restore_of(&self, store: Arc<dyn BackupStore>) -> crate::restore::Restore {
-        #[cfg_attr(not(feature = "encryption"), allow(unused_mut))]
         let mut restore = crate::restore::Restore::new(store);
+        for (table, field) in &self.restore_key_fields {
+            restore = restore.key_field(table, field);
+        }
         #[cfg(feature = "encryption")]
         {
             restore = restore.identities(self.identities.iter().cloned());
