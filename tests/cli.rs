@@ -334,14 +334,7 @@ fn the_python_chain_lists_verifies_and_inspects_as_unverified() {
 /// refuse a malformed option as a usage error.
 #[test]
 fn key_field_lets_a_table_only_the_original_deltas_hold_restore() {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::python_fixture_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("dictdb_") {
-            std::fs::copy(&path, tmp.path().join(name)).unwrap();
-        }
-    }
+    let tmp = common::python_fixture_copy();
     let delta = "dictdb_delta_1795682695_000000.json";
     std::fs::write(
         tmp.path().join(delta),

@@ -76,14 +76,7 @@ async fn directory_restores_in_one_call_and_is_reported_unverified() {
 /// created after its last full backup (`audit`, key field `audit_id`): the
 /// original's deltas carry neither the creation nor the key field.
 fn chain_with_a_table_created_after_the_full_backup() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::python_fixture_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("dictdb_") {
-            std::fs::copy(&path, tmp.path().join(name)).unwrap();
-        }
-    }
+    let tmp = common::python_fixture_copy();
     std::fs::write(
         tmp.path().join("dictdb_delta_1795682695_000000.json"),
         r#"{"type": "delta", "timestamp": 1795682695.0, "tables": {

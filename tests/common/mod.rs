@@ -28,6 +28,20 @@ pub fn python_fixture_dir() -> PathBuf {
     );
 }
 
+/// A temporary directory holding the backup files of the Python fixture,
+/// to add files to.
+pub fn python_fixture_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(python_fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("dictdb_") {
+            std::fs::copy(&path, tmp.path().join(name)).unwrap();
+        }
+    }
+    tmp
+}
+
 /// The whole state of a database as plain JSON: `{table: {"primary_key", "records": [...]}}`
 /// with records in key order, the shape of the fixture's `expected_final.json`.
 pub fn dump(db: &DictDB) -> Value {
