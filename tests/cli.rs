@@ -366,4 +366,8 @@ fn key_field_lets_a_table_only_the_original_deltas_hold_restore() {
     assert_eq!(audit.get("a-1").unwrap().unwrap()["what"], "login");
     cli(args!["verify", &dir, "--key-field", "audit=audit_id"]).ok();
     cli(args!["verify", &dir, "--key-field", "audit"]).fails(2, "TABLE=FIELD");
+    // `diff` restores too, with the same options.
+    cli(args!["diff", &dir, delta]).fails(1, "--key-field audit=FIELD");
+    let d = cli(args!["diff", &dir, delta, "--key-field", "audit=audit_id"]);
+    assert!(d.ok().contains("a-1"), "{d:#?}");
 }

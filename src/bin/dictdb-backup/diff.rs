@@ -20,6 +20,8 @@ pub(crate) struct Request {
     pub(crate) store: PathBuf,
     pub(crate) from: String,
     pub(crate) to: Option<String>,
+    /// `--allow-unverified`, `--key-field`.
+    pub(crate) python: crate::keys::PythonArgs,
 }
 
 #[derive(Serialize)]
@@ -94,15 +96,15 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     let from = points::parse(&req.from, &req.store, &names)?;
     let (older, newer) = match (&req.to, from) {
         (None, points::Point::File(name)) => {
-            let before = points::before_file(&store, &names, &name).await?;
-            let after = resolve(&store, &req.from, points::Point::File(name)).await?;
+            let before = points::before_file(&store, &names, &name, &req.python).await?;
+            let after = resolve(&store, &req.python, &req.from, points::Point::File(name)).await?;
             (before, after)
         }
         (to, from) => {
             let to_arg = to.as_deref().unwrap_or("latest");
             let to = points::parse(to_arg, &req.store, &names)?;
-            let older = resolve(&store, &req.from, from).await?;
-            (older, resolve(&store, to_arg, to).await?)
+            let older = resolve(&store, &req.python, &req.from, from).await?;
+            (older, resolve(&store, &req.python, to_arg, to).await?)
         }
     };
     let report = compare(dictdb::printable_name(&store.location()), older, newer);
@@ -113,6 +115,7 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
 /// Restores (or loads) the state at `point`.
 async fn resolve(
     store: &Arc<dyn BackupStore>,
+    python: &crate::keys::PythonArgs,
     arg: &str,
     point: points::Point,
 ) -> Result<State, CliError> {
@@ -120,6 +123,7 @@ async fn resolve(
         return load(arg, path).await;
     }
     let (opts, until, until_seq) = points::restore_options(store, &point);
+    let opts = python.apply(opts);
     let restored = match opts.run().await {
         Ok(r) => r,
         Err(e) => return Err(explain(e, &**store, until, until_seq).await),

@@ -68,6 +68,47 @@ pub(crate) fn restore(store: Arc<dyn BackupStore>) -> Restore {
     r
 }
 
+/// The options for stores the Python original wrote, shared by the
+/// commands that restore (`verify`, `restore`, `diff`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct PythonArgs {
+    /// Accept files without a checksum (written by the Python original)
+    /// even after files written by dictdb in the store, where they are
+    /// refused by default: a damaged file of ours cannot lose its
+    /// checksum in one byte, but the store may hold worse damage.
+    #[arg(long)]
+    pub(crate) allow_unverified: bool,
+    /// TABLE=FIELD: the key field of a table that deltas of the Python
+    /// original change without the chain holding it (a table created
+    /// after the original's last full backup: its deltas do not say).
+    /// Split at the first `=`; may be given for several tables (for
+    /// one table twice, the last wins).
+    #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
+    pub(crate) key_field: Vec<(String, String)>,
+}
+
+impl PythonArgs {
+    /// `restore` with these options.
+    pub(crate) fn apply(&self, restore: Restore) -> Restore {
+        self.key_field.iter().fold(
+            restore.allow_unverified(self.allow_unverified),
+            |r, (table, field)| r.key_field(table, field),
+        )
+    }
+}
+
+/// `TABLE=FIELD`, split at the first `=`; neither side empty.
+fn parse_key_field(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((table, field)) if !table.is_empty() && !field.is_empty() => {
+            Ok((table.to_string(), field.to_string()))
+        }
+        _ => Err(format!(
+            "not TABLE=FIELD: {s:?} (for example events=event_id)"
+        )),
+    }
+}
+
 /// Replica options with the identities given.
 pub(crate) fn replica(options: dictdb::replica::ReplicaOptions) -> dictdb::replica::ReplicaOptions {
     #[cfg(feature = "encryption")]

@@ -113,19 +113,8 @@ enum Command {
     Verify {
         #[arg(value_name = "STORE", help = STORE_HELP)]
         store: PathBuf,
-        /// Accept files without a checksum (written by the Python original)
-        /// even after files written by dictdb in the store, where they are
-        /// refused by default: a damaged file of ours cannot lose its
-        /// checksum in one byte, but the store may hold worse damage.
-        #[arg(long)]
-        allow_unverified: bool,
-        /// TABLE=FIELD: the key field of a table that deltas of the Python
-        /// original change without the chain holding it (a table created
-        /// after the original's last full backup: its deltas do not say).
-        /// Split at the first `=`; may be given for several tables (for
-        /// one table twice, the last wins).
-        #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
-        key_field: Vec<(String, String)>,
+        #[command(flatten)]
+        python: keys::PythonArgs,
     },
     /// Restore a store (up to a time or a sequence number) into one full backup file.
     ///
@@ -166,19 +155,8 @@ enum Command {
         /// Show what a restore would apply, reading and checking everything; write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Accept files without a checksum (written by the Python original)
-        /// even after files written by dictdb in the store, where they are
-        /// refused by default: a damaged file of ours cannot lose its
-        /// checksum in one byte, but the store may hold worse damage.
-        #[arg(long)]
-        allow_unverified: bool,
-        /// TABLE=FIELD: the key field of a table that deltas of the Python
-        /// original change without the chain holding it (a table created
-        /// after the original's last full backup: its deltas do not say).
-        /// Split at the first `=`; may be given for several tables (for
-        /// one table twice, the last wins).
-        #[arg(long, value_name = "TABLE=FIELD", value_parser = parse_key_field)]
-        key_field: Vec<(String, String)>,
+        #[command(flatten)]
+        python: keys::PythonArgs,
     },
     /// Read and check one backup file: kind, time, tables, records, upserts and deletes.
     ///
@@ -213,6 +191,8 @@ enum Command {
         /// The newer point (default: latest).
         #[arg(value_name = "TO", allow_hyphen_values = true)]
         to: Option<String>,
+        #[command(flatten)]
+        python: keys::PythonArgs,
     },
     /// Follow a store as a read replica does: print each file applied and the lag, until Ctrl-C.
     ///
@@ -275,18 +255,6 @@ enum Command {
 
 /// A sequence number, with a reason an operator can act on (the standard
 /// parser says "number too large to fit in target type").
-/// `TABLE=FIELD`, split at the first `=`; neither side empty.
-fn parse_key_field(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((table, field)) if !table.is_empty() && !field.is_empty() => {
-            Ok((table.to_string(), field.to_string()))
-        }
-        _ => Err(format!(
-            "not TABLE=FIELD: {s:?} (for example events=event_id)"
-        )),
-    }
-}
-
 fn parse_seq(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -342,11 +310,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
     match command {
         Command::List { store } => list::run(&store, out).await,
-        Command::Verify {
-            store,
-            allow_unverified,
-            key_field,
-        } => verify::run(&store, allow_unverified, key_field, out).await,
+        Command::Verify { store, python } => verify::run(&store, &python, out).await,
         Command::Restore {
             store,
             out: file,
@@ -355,8 +319,7 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             format,
             lenient,
             dry_run,
-            allow_unverified,
-            key_field,
+            python,
         } => {
             let req = restore::Request {
                 dir: store,
@@ -366,14 +329,27 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
                 format,
                 lenient,
                 dry_run,
-                allow_unverified,
-                key_fields: key_field,
+                python,
             };
             restore::run(req, out).await
         }
         Command::Inspect { file, format } => inspect::run(&file, format, out).await,
-        Command::Diff { store, from, to } => {
-            diff::run(diff::Request { store, from, to }, out).await
+        Command::Diff {
+            store,
+            from,
+            to,
+            python,
+        } => {
+            diff::run(
+                diff::Request {
+                    store,
+                    from,
+                    to,
+                    python,
+                },
+                out,
+            )
+            .await
         }
         Command::Follow {
             store,

@@ -94,6 +94,7 @@ pub(crate) async fn before_file(
     store: &Arc<dyn BackupStore>,
     names: &[String],
     name: &str,
+    python: &crate::keys::PythonArgs,
 ) -> Result<State, CliError> {
     let point = format!("before {name}");
     let empty = |why: String| State {
@@ -114,7 +115,8 @@ pub(crate) async fn before_file(
     let (Some(t), true) = (t, earlier) else {
         return Ok(empty(format!("nothing: {name} is the first backup")));
     };
-    let restored = match crate::keys::restore(Arc::clone(store))
+    let restored = match python
+        .apply(crate::keys::restore(Arc::clone(store)))
         .until_time(time::system(t))
         .run()
         .await

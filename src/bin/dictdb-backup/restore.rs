@@ -28,10 +28,8 @@ pub(crate) struct Request {
     pub(crate) format: Option<FileFormat>,
     pub(crate) lenient: bool,
     pub(crate) dry_run: bool,
-    pub(crate) allow_unverified: bool,
-    /// `--key-field TABLE=FIELD`, for tables only deltas of the Python
-    /// original hold.
-    pub(crate) key_fields: Vec<(String, String)>,
+    /// `--allow-unverified`, `--key-field`.
+    pub(crate) python: crate::keys::PythonArgs,
 }
 
 #[derive(Serialize)]
@@ -150,17 +148,15 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
 }
 
 fn options(req: &Request, store: Arc<dyn BackupStore>) -> Restore {
-    let mut r = crate::keys::restore(store)
-        .stop_at_last_consistent(req.lenient)
-        .allow_unverified(req.allow_unverified);
+    let mut r = req
+        .python
+        .apply(crate::keys::restore(store))
+        .stop_at_last_consistent(req.lenient);
     if let Some(t) = req.until {
         r = r.until_time(time::system(t));
     }
     if let Some(seq) = req.until_seq {
         r = r.until_seq(seq);
-    }
-    for (table, field) in &req.key_fields {
-        r = r.key_field(table, field);
     }
     r
 }

@@ -79,17 +79,12 @@ struct Counts {
 
 pub(crate) async fn run(
     dir: &Path,
-    allow_unverified: bool,
-    key_fields: Vec<(String, String)>,
+    python: &crate::keys::PythonArgs,
     out: Output,
 ) -> Result<Exit, CliError> {
     let store = store::open(dir)?;
     let progress = Progress::start("verifying", None);
-    let mut opts =
-        crate::keys::restore(progress.meter(Arc::clone(&store))).allow_unverified(allow_unverified);
-    for (table, field) in key_fields {
-        opts = opts.key_field(table, field);
-    }
+    let opts = python.apply(crate::keys::restore(progress.meter(Arc::clone(&store))));
     let report = opts.verify().await;
     progress.finish();
     let report = report?;
