@@ -783,19 +783,8 @@ async fn a_reader_holding_a_snapshot_keeps_a_consistent_view_while_the_replica_m
                     let t = snap.table("users").unwrap();
                     // Cheap per round: the count; the whole state once per cut.
                     let mut s = seen.lock().unwrap();
-                    s.entry(snap.seq()).or_insert_with(|| {
-                        snap.tables()
-                            .iter()
-                            .map(|t| {
-                                (
-                                    t.name().to_string(),
-                                    t.iter()
-                                        .map(|(k, r)| (k.to_string(), r.to_value()))
-                                        .collect(),
-                                )
-                            })
-                            .collect()
-                    });
+                    s.entry(snap.seq())
+                        .or_insert_with(|| common::snapshot_map(&snap));
                     n += t.len();
                 }
                 n

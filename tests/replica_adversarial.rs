@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::table_map;
+use common::{snapshot_map, table_map};
 use dictdb::replica::{Replica, ReplicaOptions};
 use dictdb::restore::Restore;
 use dictdb::store::{BackupStore, LocalStore};
@@ -586,26 +586,13 @@ async fn concurrent_readers_see_whole_cuts_and_held_snapshots_do_not_move() {
     let bad = bad.lock().unwrap().clone();
     assert!(bad.is_empty(), "{bad:?}");
     assert!(reads.load(Ordering::Relaxed) > 10);
-    let snap_map = |s: &dictdb::Snapshot| -> State {
-        s.tables()
-            .iter()
-            .map(|t| {
-                (
-                    t.name().to_string(),
-                    t.iter()
-                        .map(|(k, r)| (k.to_string(), r.to_value()))
-                        .collect(),
-                )
-            })
-            .collect()
-    };
     assert_eq!(
-        snap_map(&held_s),
+        snapshot_map(&held_s),
         initial,
         "spare replica's held snapshot moved"
     );
     assert_eq!(
-        snap_map(&held_p),
+        snapshot_map(&held_p),
         initial,
         "plain replica's held snapshot moved"
     );
@@ -650,19 +637,11 @@ async fn snapshots_held_and_dropped_between_syncs() {
         assert!(pair.sync("held").await);
         pair.check(&w.cuts[&last], last, &format!("held round {round}"));
         for (s, expect) in &held {
-            let m: State = s
-                .tables()
-                .iter()
-                .map(|t| {
-                    (
-                        t.name().to_string(),
-                        t.iter()
-                            .map(|(k, r)| (k.to_string(), r.to_value()))
-                            .collect(),
-                    )
-                })
-                .collect();
-            assert_eq!(&m, expect, "round {round}: a held snapshot moved");
+            assert_eq!(
+                &snapshot_map(s),
+                expect,
+                "round {round}: a held snapshot moved"
+            );
         }
     }
     w.manager.stop().await.unwrap();

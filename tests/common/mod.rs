@@ -59,7 +59,11 @@ pub fn dump(db: &DictDB) -> Value {
 
 /// Records of every table keyed by their JSON key text, for order-free comparison.
 pub fn table_map(db: &DictDB) -> BTreeMap<String, BTreeMap<String, Value>> {
-    let snap = db.snapshot();
+    snapshot_map(&db.snapshot())
+}
+
+/// [`table_map`] of a snapshot (one a reader holds, say).
+pub fn snapshot_map(snap: &dictdb::Snapshot) -> BTreeMap<String, BTreeMap<String, Value>> {
     snap.tables()
         .iter()
         .map(|t| {
