@@ -510,7 +510,13 @@ impl Actor {
             }
             match self.write(kind, snapshot.clone(), started, diff_from).await {
                 Ok(Written::File(info)) => {
-                    self.last_cut = Some(snapshot);
+                    // The previous cut owns every tree node the changes
+                    // since copied: freeing them touches each record of
+                    // every changed leaf, a cost that grows with the table.
+                    // The caller waits for none of it.
+                    if let Some(previous) = self.last_cut.replace(snapshot) {
+                        crate::db::reclaim::later(previous);
+                    }
                     break Ok(info);
                 }
                 // The delta's base is gone from the store (checked before
@@ -1050,4 +1056,48 @@ async fn write_job(
     })?;
     let (records, bytes, checksum) = produced;
     Ok(Produced::File(records, bytes, checksum))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::{BackupConfig, BackupManager, DictDB, Key};
+
+    /// The manager keeps the last cut for the structural diff after a lag;
+    /// the next backup's cut replaces it, and the old one is freed (off the
+    /// caller's path, on the reclaiming thread), not kept.
+    #[tokio::test]
+    async fn the_previous_cut_is_released_after_the_next_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = DictDB::new();
+        let t = db.create_table("t").unwrap();
+        t.insert(json!({"id": 1, "v": "old"})).unwrap();
+        let m = BackupManager::start(&db, BackupConfig::new(dir.path()).incremental(true))
+            .await
+            .unwrap();
+        m.backup_full().await.unwrap();
+        let old = db
+            .snapshot()
+            .table("t")
+            .unwrap()
+            .get(&Key::Int(1))
+            .unwrap()
+            .clone();
+        t.update(1, json!({"v": "new"})).unwrap();
+        // Here and in the manager's last cut.
+        assert_eq!(old.owners(), 2);
+        m.backup_delta().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while old.owners() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the previous cut was never freed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        m.stop().await.unwrap();
+    }
 }

@@ -89,6 +89,12 @@ pub(crate) fn check_fields(map: &Map<String, Value>) -> crate::Result<()> {
 pub struct Record(Arc<[u8]>);
 
 impl Record {
+    /// How many owners share these bytes (tests check what releases them).
+    #[cfg(test)]
+    pub(crate) fn owners(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     /// The record as a JSON object.
     pub fn to_value(&self) -> Value {
         // The bytes were produced by our encoder or validated on the way in.
