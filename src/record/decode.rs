@@ -182,12 +182,55 @@ impl<'a> Reader<'a> {
                 0xc2 => Head::Bool(false),
                 0xc3 => Head::Bool(true),
                 0xe0..=0xff => Head::Int(i64::from(m as i8)),
+                // Fixed-width numbers: ids past 127 and every float.
+                0xcb => match self.after::<8>() {
+                    Some(b) => return Ok(self.advance(Head::Float(f64::from_be_bytes(b)), 9)),
+                    None => return self.raw_general(),
+                },
+                0xcc => match self.after::<1>() {
+                    Some(b) => return Ok(self.advance(Head::Uint(u64::from(b[0])), 2)),
+                    None => return self.raw_general(),
+                },
+                0xcd => match self.after::<2>() {
+                    Some(b) => {
+                        return Ok(self.advance(Head::Uint(u64::from(u16::from_be_bytes(b))), 3))
+                    }
+                    None => return self.raw_general(),
+                },
+                0xce => match self.after::<4>() {
+                    Some(b) => {
+                        return Ok(self.advance(Head::Uint(u64::from(u32::from_be_bytes(b))), 5))
+                    }
+                    None => return self.raw_general(),
+                },
                 _ => return self.raw_general(),
             };
             self.pos += 1;
             return Ok((head, &[]));
         }
         self.raw_general()
+    }
+
+    /// The 16 bytes of the record from `start`, if it holds that many: a
+    /// short string copied in one fixed-size move (the bytes past its end
+    /// are dropped again).
+    #[inline]
+    pub(crate) fn window(&self, start: usize) -> Option<&'a [u8; 16]> {
+        self.buf.get(start..start.checked_add(16)?)?.try_into().ok()
+    }
+
+    /// The `N` bytes after the marker at `pos`, if the buffer holds them.
+    #[inline]
+    fn after<const N: usize>(&self) -> Option<[u8; N]> {
+        let start = self.pos + 1;
+        self.buf.get(start..start + N)?.try_into().ok()
+    }
+
+    /// Moves past an item of `len` bytes (marker included) read in place.
+    #[inline]
+    fn advance(&mut self, head: Head, len: usize) -> (Head, &'a [u8]) {
+        self.pos += len;
+        (head, &[])
     }
 
     /// [`raw`](Self::raw) for any marker, through [`read_head`].

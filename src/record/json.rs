@@ -47,9 +47,7 @@ pub(crate) fn needs_escape(b: u8) -> bool {
 /// Eight bytes at a time: most strings are short and plain.
 #[inline]
 pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let mut seen = 0u64;
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
@@ -58,10 +56,7 @@ pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
         let w = u64::from_le_bytes(a);
         // A quote, a backslash, or a byte below 0x20 somewhere in the word:
         // the byte loop below finds which.
-        let stop = has_zero(w ^ (ONES * u64::from(b'"')))
-            | has_zero(w ^ (ONES * u64::from(b'\\')))
-            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
-        if stop != 0 {
+        if stop_bytes(w) != 0 {
             break;
         }
         seen |= w;
@@ -120,16 +115,133 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+/// Writes the string `bytes`, which ends where `r` stands: a string of at
+/// most 16 bytes that needs no escaping is checked and copied sixteen bytes
+/// at a time, from the record (the bytes after it are cut off again);
+/// anything else goes through [`write_bytes`].
+#[inline]
+fn write_read_str(out: &mut Vec<u8>, r: &Reader<'_>, bytes: &[u8]) {
+    let len = bytes.len();
+    if len <= 16 {
+        if let Some(window) = r.window(r.pos - len) {
+            let (lo, hi) = window.split_at(8);
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            // Only the string's own bytes count. A match can only make
+            // false ones at more significant (later) bytes, which the mask
+            // drops with the rest.
+            let mask = |n: usize| match n {
+                0 => 0,
+                1..=7 => (1u64 << (8 * n)) - 1,
+                _ => u64::MAX,
+            };
+            let stops = (stop_bytes(word(lo)) & mask(len))
+                | (stop_bytes(word(hi)) & mask(len.saturating_sub(8)));
+            if stops == 0 {
+                out.reserve(18);
+                out.push(b'"');
+                let at = out.len();
+                out.extend_from_slice(window);
+                out.truncate(at + len);
+                out.push(b'"');
+                return;
+            }
+        }
+    }
+    write_bytes(out, bytes);
+}
+
+/// The high bit of each byte of `w` that is a quote, a backslash or a
+/// control character (and possibly of bytes after such a byte).
+#[inline]
+fn stop_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    has_zero(w ^ (ONES * u64::from(b'"')))
+        | has_zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
 /// Writes a float as serde_json would (shortest round-trip form); a
 /// non-finite float, which no stored record holds, as `null`.
 pub(crate) fn write_f64(out: &mut Vec<u8>, f: f64) {
     use serde_json::ser::Formatter;
+    if write_short_decimal(out, f) {
+        return;
+    }
     if f.is_finite() {
         // Writing to a Vec cannot fail.
         let _ = serde_json::ser::CompactFormatter.write_f64(out, f);
     } else {
         out.extend_from_slice(b"null");
     }
+}
+
+/// Powers of ten tried by [`write_short_decimal`], all exact in a double.
+const TENS: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+
+/// The same powers as integers.
+const UNITS: [u64; 5] = [1, 10, 100, 1_000, 10_000];
+
+/// Writes `f` if it is a decimal of at most four fractional digits, in the
+/// form the general path would give (`1.0`, `-0.25`, `123456.5`); returns
+/// false, writing nothing, for anything else.
+///
+/// For the smallest `k` at which `|f| * 10^k` is an integer `m`, the
+/// decimal `m / 10^k` reads back as `f` when dividing the two (both exact in
+/// a double, so the one rounding is the correct one) gives `f` again. With
+/// `m` below 2^50 the double's rounding interval is narrower than `10^-k`,
+/// so no other decimal of `k` digits reads back as `f`, and a trailing zero
+/// (a shorter form the product missed by a rounding) is left to the general
+/// path. Magnitudes from 0.001 (below, the general path may choose an
+/// exponent) keep the plain form the general path also uses.
+fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
+    const LIMIT: f64 = (1u64 << 50) as f64;
+    let a = f.abs();
+    if !(1e-3..LIMIT).contains(&a) {
+        return false;
+    }
+    for (k, &ten) in TENS.iter().enumerate() {
+        let scaled = a * ten;
+        if scaled >= LIMIT {
+            return false;
+        }
+        // Truncation of a value below 2^50: exact for integers.
+        let m = scaled as u64;
+        if m as f64 != scaled {
+            continue;
+        }
+        if m as f64 / ten != a || (k > 0 && m.is_multiple_of(10)) {
+            return false;
+        }
+        // The integer part without dividing by a variable: truncation is
+        // exact below 2^50, and the fraction's digits are what remains.
+        let whole = a as u64;
+        let Some(mut frac) = m
+            .checked_sub(whole * UNITS[k])
+            .filter(|&frac| frac < UNITS[k])
+        else {
+            return false;
+        };
+        if f < 0.0 {
+            out.push(b'-');
+        }
+        let mut b = itoa::Buffer::new();
+        out.extend_from_slice(b.format(whole).as_bytes());
+        out.push(b'.');
+        if k == 0 {
+            out.push(b'0');
+        } else {
+            let start = out.len();
+            out.resize(start + k, b'0');
+            for at in (start..start + k).rev() {
+                out[at] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+        }
+        return true;
+    }
+    false
 }
 
 /// Writes a signed integer.
@@ -171,7 +283,7 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<()
         Head::Uint(u) => write_uint(out, u),
         Head::Int(i) => write_int(out, i),
         Head::Float(f) => write_f64(out, f),
-        Head::Str(_) => write_bytes(out, bytes),
+        Head::Str(_) => write_read_str(out, r, bytes),
         Head::Array(n) => {
             out.push(b'[');
             for i in 0..n {
@@ -189,7 +301,7 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<()
                     out.push(b',');
                 }
                 match r.raw()? {
-                    (Head::Str(_), k) => write_bytes(out, k),
+                    (Head::Str(_), k) => write_read_str(out, r, k),
                     (other, _) => {
                         return Err(RecordError::Expected {
                             expected: "a field name",
@@ -218,6 +330,113 @@ mod tests {
             let mut out = Vec::new();
             super::write_str(&mut out, &s);
             proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+        /// Whole records of strings of every length around the 16-byte
+        /// copy, with escapes anywhere (in the string or right after it),
+        /// at the record's end or not: the text is serde_json's.
+        #[test]
+        fn records_of_strings_are_written_as_serde_json_writes_them(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof!["[a-zé]{0,20}", "[a-z\"\\\u{0}-\u{1f}é]{0,20}"],
+                    proptest::prop_oneof![
+                        "[a-z0-9é\u{7f}]{0,24}",
+                        "[a-z]{0,18}[\"\\\u{0}-\u{1f}][a-z]{0,18}",
+                        "[a-z\"\\\u{0}-\u{1f}é\u{7f}]{0,40}",
+                    ],
+                ),
+                0..6,
+            ),
+            tail in "[a-z\"\\\u{0}-\u{1f}]{0,3}",
+        ) {
+            let mut map = serde_json::Map::new();
+            for (k, v) in fields {
+                map.insert(k, Value::String(v));
+            }
+            // A last short field: its string ends the record, with fewer
+            // than 16 bytes after it.
+            map.insert("~".repeat(3), Value::String(tail));
+            let v = Value::Object(map);
+            let r = PendingRecord::new(&v, "id").unwrap().finish(None);
+            proptest::prop_assert_eq!(r.to_json_string(), serde_json::to_string(&v).unwrap());
+        }
+    }
+
+    /// serde_json's text for a float, the form every float must match.
+    fn serde_text(f: f64) -> String {
+        serde_json::to_string(&f).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Decimals of a few digits at every magnitude the short path takes
+        /// (and beyond it), and arbitrary doubles: the text is serde_json's.
+        #[test]
+        fn floats_are_written_as_serde_json_writes_them(
+            m in 0u64..(1u64 << 53),
+            k in 0u32..7,
+            shift in 0u32..60,
+            bits in proptest::prelude::any::<u64>(),
+            negative in proptest::prelude::any::<bool>(),
+        ) {
+            let sign = if negative { -1.0 } else { 1.0 };
+            let decimal = sign * (m >> shift) as f64 / 10f64.powi(k as i32);
+            let halves = sign * (m >> shift) as f64 * 0.5;
+            for f in [decimal, halves, f64::from_bits(bits)] {
+                let mut out = Vec::new();
+                super::write_f64(&mut out, f);
+                let expected = if f.is_finite() { serde_text(f) } else { "null".to_string() };
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected, "{:e}", f);
+            }
+        }
+    }
+
+    #[test]
+    fn floats_at_the_short_path_edges_are_written_as_serde_json_writes_them() {
+        let edges = [
+            0.0,
+            -0.0,
+            0.001,
+            0.000999,
+            0.0011,
+            0.1,
+            0.2,
+            0.3,
+            1.0,
+            -1.5,
+            2.25,
+            0.0001,
+            1e-4,
+            123456.5,
+            999999999999999.9,
+            1e15,
+            1e16,
+            1125899906842623.5,
+            1125899906842624.0,
+            562949953421311.75,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            100.0,
+            12.3400,
+            5e-324,
+            f64::MAX,
+        ];
+        for f in edges.into_iter().chain(edges.map(|f| -f)) {
+            let mut out = Vec::new();
+            super::write_f64(&mut out, f);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_text(f), "{f:e}");
+        }
+        // Every decimal of up to four digits in [0, 10).
+        for m in 0..100_000u32 {
+            for f in [f64::from(m) / 10_000.0, f64::from(m) / 1_000.0 + 1e6] {
+                let mut out = Vec::new();
+                super::write_f64(&mut out, f);
+                assert_eq!(String::from_utf8(out).unwrap(), serde_text(f), "{f:e}");
+            }
         }
     }
 
