@@ -211,12 +211,12 @@ impl<'a> Reader<'a> {
         self.raw_general()
     }
 
-    /// The 16 bytes of the record from `start`, if it holds that many: a
+    /// The `N` bytes of the record from `start`, if it holds that many: a
     /// short string copied in one fixed-size move (the bytes past its end
     /// are dropped again).
     #[inline]
-    pub(crate) fn window(&self, start: usize) -> Option<&'a [u8; 16]> {
-        self.buf.get(start..start.checked_add(16)?)?.try_into().ok()
+    pub(crate) fn window<const N: usize>(&self, start: usize) -> Option<&'a [u8; N]> {
+        self.buf.get(start..start.checked_add(N)?)?.try_into().ok()
     }
 
     /// The `N` bytes after the marker at `pos`, if the buffer holds them.

@@ -116,38 +116,60 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Writes the string `bytes`, which ends where `r` stands: a string of at
-/// most 16 bytes that needs no escaping is checked and copied sixteen bytes
-/// at a time, from the record (the bytes after it are cut off again);
-/// anything else goes through [`write_bytes`].
+/// most 32 bytes that needs no escaping is checked a word at a time and
+/// copied with one fixed-size move from the record (the bytes after it are
+/// cut off again); anything else goes through [`write_bytes`].
 #[inline]
 fn write_read_str(out: &mut Vec<u8>, r: &Reader<'_>, bytes: &[u8]) {
     let len = bytes.len();
-    if len <= 16 {
-        if let Some(window) = r.window(r.pos - len) {
-            let (lo, hi) = window.split_at(8);
-            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-            // Only the string's own bytes count. A match can only make
-            // false ones at more significant (later) bytes, which the mask
-            // drops with the rest.
-            let mask = |n: usize| match n {
-                0 => 0,
-                1..=7 => (1u64 << (8 * n)) - 1,
-                _ => u64::MAX,
-            };
-            let stops = (stop_bytes(word(lo)) & mask(len))
-                | (stop_bytes(word(hi)) & mask(len.saturating_sub(8)));
-            if stops == 0 {
-                out.reserve(18);
-                out.push(b'"');
-                let at = out.len();
-                out.extend_from_slice(window);
-                out.truncate(at + len);
-                out.push(b'"');
-                return;
-            }
+    let start = r.pos - len;
+    let copied = if len <= 16 {
+        match r.window::<16>(start) {
+            Some(w) => copy_plain(out, w, len),
+            // Near the record's end: the sixteen bytes that end with the
+            // string, shifted down to it.
+            None => r.window::<16>(r.pos.wrapping_sub(16)).is_some_and(|w| {
+                let shifted = u128::from_le_bytes(*w).checked_shr(8 * (16 - len) as u32);
+                copy_plain(out, &shifted.unwrap_or(0).to_le_bytes(), len)
+            }),
         }
+    } else if len <= 32 {
+        r.window::<32>(start)
+            .is_some_and(|w| copy_plain(out, w, len))
+    } else {
+        false
+    };
+    if !copied {
+        write_bytes(out, bytes);
     }
-    write_bytes(out, bytes);
+}
+
+/// Writes the first `len` bytes of `window` as a string literal if none of
+/// them needs escaping; false, writing nothing, otherwise.
+#[inline]
+fn copy_plain<const N: usize>(out: &mut Vec<u8>, window: &[u8; N], len: usize) -> bool {
+    // Only the string's own bytes count. A match can only make false ones
+    // at more significant (later) bytes, which the mask drops with the rest.
+    let mut stops = 0;
+    for (i, word) in window.chunks_exact(8).enumerate() {
+        let mask = match len.saturating_sub(8 * i) {
+            0 => 0,
+            own @ 1..=7 => (1u64 << (8 * own)) - 1,
+            _ => u64::MAX,
+        };
+        let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        stops |= stop_bytes(w) & mask;
+    }
+    if stops != 0 {
+        return false;
+    }
+    out.reserve(N + 2);
+    out.push(b'"');
+    let at = out.len();
+    out.extend_from_slice(window);
+    out.truncate(at + len);
+    out.push(b'"');
+    true
 }
 
 /// The high bit of each byte of `w` that is a quote, a backslash or a
@@ -270,12 +292,26 @@ pub(crate) fn write_record(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Record
 }
 
 fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<(), RecordError> {
+    let (head, bytes) = r.raw()?;
+    write_item(out, r, head, bytes, depth)
+}
+
+/// Writes the item just read (`head`, and a string's `bytes`). Scalars are
+/// written here, inlined into each container's loop; only a nested
+/// container costs a call.
+#[inline(always)]
+fn write_item(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    head: Head,
+    bytes: &[u8],
+    depth: usize,
+) -> Result<(), RecordError> {
     if depth > MAX_DEPTH {
         return Err(RecordError::TooDeep);
     }
     // Strings are copied as raw bytes: every stored record was checked to be
     // UTF-8 when it was created, so checking again would only cost time.
-    let (head, bytes) = r.raw()?;
     match head {
         Head::Nil => out.extend_from_slice(b"null"),
         Head::Bool(true) => out.extend_from_slice(b"true"),
@@ -284,13 +320,27 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<()
         Head::Int(i) => write_int(out, i),
         Head::Float(f) => write_f64(out, f),
         Head::Str(_) => write_read_str(out, r, bytes),
+        Head::Array(_) | Head::Map(_) => write_container(out, r, head, depth)?,
+    }
+    Ok(())
+}
+
+/// Writes an array or a map whose head was just read.
+fn write_container(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    head: Head,
+    depth: usize,
+) -> Result<(), RecordError> {
+    match head {
         Head::Array(n) => {
             out.push(b'[');
             for i in 0..n {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, r, depth + 1)?;
+                let (head, bytes) = r.raw()?;
+                write_item(out, r, head, bytes, depth + 1)?;
             }
             out.push(b']');
         }
@@ -310,10 +360,12 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<()
                     }
                 }
                 out.push(b':');
-                write_value(out, r, depth + 1)?;
+                let (head, bytes) = r.raw()?;
+                write_item(out, r, head, bytes, depth + 1)?;
             }
             out.push(b'}');
         }
+        _ => {}
     }
     Ok(())
 }
