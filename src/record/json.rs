@@ -418,6 +418,53 @@ mod tests {
         }
     }
 
+    /// Any JSON value: every scalar form, strings of any characters (the
+    /// escapes, multi-byte and plain runs of every length), floats of a
+    /// few decimals and of any bits, nesting.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let float = prop_oneof![
+            any::<u64>().prop_filter_map("finite", |b| {
+                serde_json::Number::from_f64(f64::from_bits(b)).map(Value::Number)
+            }),
+            (any::<i32>(), 0u32..6).prop_map(|(m, k)| json!(f64::from(m) / 10f64.powi(k as i32))),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|u| json!(u)),
+            (-200i64..200).prop_map(|i| json!(i)),
+            float,
+            ".{0,40}".prop_map(Value::String),
+            "[a-z@._0-9]{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+        /// Any record: its JSON text is serde_json's for the same value,
+        /// and reads back as that value.
+        #[test]
+        fn any_record_is_written_as_serde_json_writes_it(
+            fields in proptest::collection::btree_map(".{0,12}", any_value(), 0..8),
+        ) {
+            let v = Value::Object(fields.into_iter().collect());
+            // No key field (`.` never makes a line break).
+            let r = PendingRecord::new(&v, "\n").unwrap().finish(None);
+            let text = r.to_json_string();
+            proptest::prop_assert_eq!(&text, &serde_json::to_string(&v).unwrap());
+            proptest::prop_assert_eq!(r.to_value(), v);
+        }
+    }
+
     /// serde_json's text for a float, the form every float must match.
     fn serde_text(f: f64) -> String {
         serde_json::to_string(&f).unwrap()
