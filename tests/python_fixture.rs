@@ -169,3 +169,95 @@ async fn restore_or_start_takes_the_key_field_from_its_configuration() {
     let again = dictdb::restore_dir(tmp.path()).await.unwrap();
     assert_eq!(common::dump(&again.db), common::dump(&started.db));
 }
+
+/// The fixture's files rewritten by a tool that sorts keys (`jq -S`,
+/// Python's `sort_keys=True`): each delta's `tables` now come before its
+/// `timestamp` and `type`. The original reads them as before (a dict has no
+/// order); so must every reader here: `restore_dir`, `verify_dir`,
+/// `apply_delta`. The header of such a delta is read to its end (past the
+/// first bytes a listing reads) to find the `type`.
+#[tokio::test]
+async fn a_chain_whose_keys_were_sorted_restores_to_the_expected_state() {
+    let tmp = common::python_fixture_copy();
+    let mut deltas = Vec::new();
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let sorted = sort_keys(value);
+        let text = serde_json::to_string_pretty(&sorted).unwrap();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dictdb_delta_")
+        {
+            // The precondition: `tables` first, `type` last, and the file
+            // longer than a listing's first read.
+            let (t, y) = (
+                text.find("\"tables\"").unwrap(),
+                text.find("\"type\"").unwrap(),
+            );
+            assert!(t < y, "{text}");
+            deltas.push((path.clone(), text.len()));
+        }
+        std::fs::write(&path, text).unwrap();
+    }
+    deltas.sort();
+    assert!(deltas.iter().any(|(_, len)| *len > 4096), "{deltas:?}");
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(common::python_fixture_dir().join("expected_final.json")).unwrap(),
+    )
+    .unwrap();
+
+    let restored = dictdb::restore_dir(tmp.path()).await.unwrap();
+    assert_eq!(common::dump(&restored.db), expected);
+    assert_eq!(restored.applied.len(), 4);
+    let report = dictdb::verify_dir(tmp.path()).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+
+    let db = DictDB::load(
+        tmp.path().join("dictdb_backup_1795682694_728491.json"),
+        FileFormat::Json,
+    )
+    .unwrap();
+    for (delta, _) in &deltas {
+        apply_delta(&db, delta).unwrap();
+    }
+    assert_eq!(common::dump(&db), expected);
+
+    // A delta whose `type` is gone is still refused, wherever its tables
+    // are, and so is a full backup under a delta's name.
+    let (first, _) = &deltas[0];
+    let text = std::fs::read_to_string(first).unwrap();
+    let untyped = text.replace("\"type\": \"delta\"", "\"kind\": \"delta\"");
+    assert_ne!(untyped, text);
+    std::fs::write(first, &untyped).unwrap();
+    assert!(dictdb::restore_dir(tmp.path()).await.is_err());
+    let err = apply_delta(&db, first).unwrap_err().to_string();
+    assert!(err.contains("no `type`"), "{err}");
+    std::fs::copy(
+        tmp.path().join("dictdb_backup_1795682694_728491.json"),
+        first,
+    )
+    .unwrap();
+    assert!(dictdb::restore_dir(tmp.path()).await.is_err());
+    assert!(!dictdb::verify_dir(tmp.path()).await.unwrap().is_ok());
+}
+
+/// `value` with every object's keys in sorted order.
+fn sort_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
+}

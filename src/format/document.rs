@@ -114,10 +114,18 @@ pub(crate) const FEED_BATCH: usize = 512;
 
 /// Decodes a document; a delta's upserts also go to `feed` as they are
 /// read.
+///
+/// `named` is the kind the file's name says, if it is named like a backup.
+/// It is consulted only for a document without a dictdb section whose
+/// `tables` come before any `type` (the original writes `type` first, but a
+/// JSON tool that sorts keys puts it last): its header is then read to the
+/// end to find the `type`, and its body is read as the name says and
+/// checked against that `type` at the end.
 pub(crate) fn decode<R: DocReader>(
     r: &mut R,
     want: Want,
     mut feed: Option<&mut dyn DeltaFeed>,
+    named: Option<BackupKind>,
 ) -> Res<Outcome> {
     let mut seen: Vec<String> = Vec::new();
     let mut key = String::new();
@@ -127,6 +135,8 @@ pub(crate) fn decode<R: DocReader>(
     let mut body: Option<Body> = None;
     let mut checksum: Option<Integrity> = None;
     let mut unknown: Option<String> = None;
+    // A header whose kind is decided only at the end skips the tables.
+    let mut tables_skipped = false;
     r.begin_map()?;
     while r.next_key(&mut key)? {
         if seen.contains(&key) {
@@ -153,14 +163,24 @@ pub(crate) fn decode<R: DocReader>(
             }
             "timestamp" => timestamp = Some(r.number()?),
             "tables" => {
-                let kind = kind_of(r, meta.as_ref(), doc_type)?;
-                let header = Header {
-                    kind,
-                    timestamp,
-                    meta: meta.clone(),
+                // Without a dictdb section or a `type` so far, the kind is
+                // only known at the end: the `type` may follow.
+                let undecided = meta.is_none() && doc_type.is_none();
+                let kind = match (undecided, named) {
+                    (true, Some(named)) => named,
+                    _ => kind_of(r, meta.as_ref(), doc_type)?,
                 };
                 let Want::Body { pipeline } = want else {
-                    return Ok(Outcome::Header(header));
+                    if undecided {
+                        r.skip()?;
+                        tables_skipped = true;
+                        continue;
+                    }
+                    return Ok(Outcome::Header(Header {
+                        kind,
+                        timestamp,
+                        meta: meta.clone(),
+                    }));
                 };
                 body = Some(match kind {
                     BackupKind::Full => Body::Full(full_tables(r, meta.as_ref(), pipeline)?),
@@ -205,6 +225,13 @@ pub(crate) fn decode<R: DocReader>(
         }
     }
     let kind = kind_of(r, meta.as_ref(), doc_type)?;
+    if tables_skipped {
+        return Ok(Outcome::Header(Header {
+            kind,
+            timestamp,
+            meta,
+        }));
+    }
     let Some(body) = body else {
         return bad(r, "no \"tables\"");
     };
@@ -213,16 +240,6 @@ pub(crate) fn decode<R: DocReader>(
     if kind == BackupKind::Delta && timestamp.is_none() {
         return bad(r, "a delta with no `timestamp`");
     }
-    let read_as = match body {
-        Body::Full(_) => BackupKind::Full,
-        Body::Delta(_) => BackupKind::Delta,
-    };
-    if read_as != kind {
-        return bad(
-            r,
-            format!("the document says it is a {kind} only after its tables (put `type` first)"),
-        );
-    }
     if let Want::Header = want {
         // Unreachable in practice: the header is returned at `tables`.
         return Ok(Outcome::Header(Header {
@@ -230,6 +247,22 @@ pub(crate) fn decode<R: DocReader>(
             timestamp,
             meta,
         }));
+    }
+    let read_as = match body {
+        Body::Full(_) => BackupKind::Full,
+        Body::Delta(_) => BackupKind::Delta,
+    };
+    if read_as != kind {
+        return bad(
+            r,
+            format!(
+                "its tables were read as a {read_as}'s, as its name says, but the document {}",
+                match doc_type {
+                    Some(t) => format!("says it is a {t}"),
+                    None => "has no `type`".into(),
+                }
+            ),
+        );
     }
     Ok(Outcome::Whole(Decoded {
         header: Header {

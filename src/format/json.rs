@@ -117,7 +117,8 @@ impl<R: Read> JsonReader<R> {
         let at = self.input.offset();
         match self.input.take(word.len()) {
             Ok(s) if s == word => Ok(()),
-            Ok(_) | Err(Fault::Eof { .. }) => Input::<R>::bad_at(at, "invalid literal"),
+            Ok(_) => Input::<R>::bad_at(at, "invalid literal"),
+            // Cut short: a truncated file, or a prefix read for a header.
             Err(e) => Err(e),
         }
     }
@@ -160,7 +161,9 @@ impl<R: Read> JsonReader<R> {
             inp.pos = i;
             if i == inp.end {
                 if !inp.fill(1)? {
-                    return Input::<R>::bad_at(at, "unterminated string");
+                    // Cut short: a truncated file, or a prefix read for a
+                    // header (which then reads more).
+                    return Err(Fault::Eof { at: inp.offset() });
                 }
                 continue;
             }

@@ -141,6 +141,13 @@ fn error(fault: Fault, file: &str) -> Error {
     }
 }
 
+/// The kind `file`'s name (its last path segment) says, if it is named
+/// like a backup.
+fn named_kind(file: &str) -> Option<crate::naming::BackupKind> {
+    let name = file.rsplit(['/', '\\']).next().unwrap_or(file);
+    crate::naming::BackupName::parse(name).map(|n| n.kind)
+}
+
 /// Decodes a whole file (streamed from `read`): checks its checksum and
 /// every rule of the document, and builds its body. `file` names it in
 /// errors. A large full backup is indexed on a second thread when
@@ -163,9 +170,12 @@ pub(crate) fn decode_fed<R: Read>(
     feed: Option<&mut dyn DeltaFeed>,
 ) -> Result<Decoded> {
     let want = Want::Body { pipeline };
+    let named = named_kind(file);
     let outcome = match format {
-        FileFormat::Json => document::decode(&mut JsonReader::new(read), want, feed),
-        FileFormat::MessagePack => document::decode(&mut MsgpackReader::new(read), want, feed),
+        FileFormat::Json => document::decode(&mut JsonReader::new(read), want, feed, named),
+        FileFormat::MessagePack => {
+            document::decode(&mut MsgpackReader::new(read), want, feed, named)
+        }
     };
     match outcome.map_err(|f| error(f, file))? {
         Outcome::Whole(d) => Ok(d),
@@ -199,10 +209,13 @@ pub(crate) fn decode_header(
     format: FileFormat,
     file: &str,
 ) -> Result<Option<Header>> {
+    let named = named_kind(file);
     let outcome = match format {
-        FileFormat::Json => document::decode(&mut JsonReader::new(prefix), Want::Header, None),
+        FileFormat::Json => {
+            document::decode(&mut JsonReader::new(prefix), Want::Header, None, named)
+        }
         FileFormat::MessagePack => {
-            document::decode(&mut MsgpackReader::new(prefix), Want::Header, None)
+            document::decode(&mut MsgpackReader::new(prefix), Want::Header, None, named)
         }
     };
     match outcome {
