@@ -256,9 +256,13 @@ pub(crate) fn decode<R: DocReader>(
         return bad(
             r,
             format!(
-                "its tables were read as a {read_as}'s, as its name says, but the document {}",
+                "its tables were read as a {read_as}'s ({}), but the document {}",
+                match named {
+                    Some(_) => "as the file's name says",
+                    None => "no `type` came before them",
+                },
                 match doc_type {
-                    Some(t) => format!("says it is a {t}"),
+                    Some(t) => format!("says it is a {t} after them"),
                     None => "has no `type`".into(),
                 }
             ),
