@@ -183,26 +183,10 @@ impl<'a> Reader<'a> {
                 0xc3 => Head::Bool(true),
                 0xe0..=0xff => Head::Int(i64::from(m as i8)),
                 // Fixed-width numbers: ids past 127 and every float.
-                0xcb => match self.after::<8>() {
-                    Some(b) => return Ok(self.advance(Head::Float(f64::from_be_bytes(b)), 9)),
-                    None => return self.raw_general(),
-                },
-                0xcc => match self.after::<1>() {
-                    Some(b) => return Ok(self.advance(Head::Uint(u64::from(b[0])), 2)),
-                    None => return self.raw_general(),
-                },
-                0xcd => match self.after::<2>() {
-                    Some(b) => {
-                        return Ok(self.advance(Head::Uint(u64::from(u16::from_be_bytes(b))), 3))
-                    }
-                    None => return self.raw_general(),
-                },
-                0xce => match self.after::<4>() {
-                    Some(b) => {
-                        return Ok(self.advance(Head::Uint(u64::from(u32::from_be_bytes(b))), 5))
-                    }
-                    None => return self.raw_general(),
-                },
+                0xcb => return self.fixed(|b| Head::Float(f64::from_be_bytes(b))),
+                0xcc => return self.fixed(|[b]: [u8; 1]| Head::Uint(u64::from(b))),
+                0xcd => return self.fixed(|b| Head::Uint(u64::from(u16::from_be_bytes(b)))),
+                0xce => return self.fixed(|b| Head::Uint(u64::from(u32::from_be_bytes(b)))),
                 _ => return self.raw_general(),
             };
             self.pos += 1;
@@ -219,18 +203,25 @@ impl<'a> Reader<'a> {
         self.buf.get(start..start.checked_add(N)?)?.try_into().ok()
     }
 
-    /// The `N` bytes after the marker at `pos`, if the buffer holds them.
+    /// The item at `pos` whose marker is followed by `N` bytes of payload,
+    /// made by `head`; through [`read_head`] if the buffer ends first.
     #[inline]
-    fn after<const N: usize>(&self) -> Option<[u8; N]> {
+    fn fixed<const N: usize>(
+        &mut self,
+        head: impl FnOnce([u8; N]) -> Head,
+    ) -> Result<(Head, &'a [u8]), RecordError> {
         let start = self.pos + 1;
-        self.buf.get(start..start + N)?.try_into().ok()
-    }
-
-    /// Moves past an item of `len` bytes (marker included) read in place.
-    #[inline]
-    fn advance(&mut self, head: Head, len: usize) -> (Head, &'a [u8]) {
-        self.pos += len;
-        (head, &[])
+        match self
+            .buf
+            .get(start..start + N)
+            .and_then(|b| b.try_into().ok())
+        {
+            Some(payload) => {
+                self.pos = start + N;
+                Ok((head(payload), &[]))
+            }
+            None => self.raw_general(),
+        }
     }
 
     /// [`raw`](Self::raw) for any marker, through [`read_head`].

@@ -199,11 +199,8 @@ pub(crate) fn write_f64(out: &mut Vec<u8>, f: f64) {
     }
 }
 
-/// Powers of ten tried by [`write_short_decimal`], all exact in a double.
-const TENS: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
-
-/// The same powers as integers.
-const UNITS: [u64; 5] = [1, 10, 100, 1_000, 10_000];
+/// Powers of ten tried by [`write_short_decimal`] (all exact in a double).
+const TENS: [u64; 5] = [1, 10, 100, 1_000, 10_000];
 
 /// Writes `f` if it is a decimal of at most four fractional digits, in the
 /// form the general path would give (`1.0`, `-0.25`, `123456.5`); returns
@@ -223,7 +220,8 @@ fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
     if !(1e-3..LIMIT).contains(&a) {
         return false;
     }
-    for (k, &ten) in TENS.iter().enumerate() {
+    for (k, &unit) in TENS.iter().enumerate() {
+        let ten = unit as f64;
         let scaled = a * ten;
         if scaled >= LIMIT {
             return false;
@@ -239,10 +237,7 @@ fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
         // The integer part without dividing by a variable: truncation is
         // exact below 2^50, and the fraction's digits are what remains.
         let whole = a as u64;
-        let Some(mut frac) = m
-            .checked_sub(whole * UNITS[k])
-            .filter(|&frac| frac < UNITS[k])
-        else {
+        let Some(mut frac) = m.checked_sub(whole * unit).filter(|&frac| frac < unit) else {
             return false;
         };
         if f < 0.0 {
@@ -288,12 +283,9 @@ pub(crate) fn write_key(out: &mut Vec<u8>, key: &Key) {
 
 /// Transcodes one MessagePack value (a stored record) to compact JSON text.
 pub(crate) fn write_record(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), RecordError> {
-    write_value(out, &mut Reader::new(bytes), 0)
-}
-
-fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) -> Result<(), RecordError> {
+    let mut r = Reader::new(bytes);
     let (head, bytes) = r.raw()?;
-    write_item(out, r, head, bytes, depth)
+    write_item(out, &mut r, head, bytes, 0)
 }
 
 /// Writes the item just read (`head`, and a string's `bytes`). Scalars are
