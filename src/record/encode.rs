@@ -239,7 +239,7 @@ impl PendingRecord {
             Some(v) => Some(Key::from_json(v, pk)?),
             None => None,
         };
-        let mut buf = Vec::with_capacity(HEADER_ROOM + 16 * map.len() + 16);
+        let mut buf = scratch(HEADER_ROOM + 16 * map.len() + 16);
         buf.resize(HEADER_ROOM, 0);
         // One pass: encoding checks the nesting limit as it goes.
         for (k, x) in map {
@@ -268,8 +268,37 @@ impl PendingRecord {
         let (h, len) = container_header(true, self.entries);
         let start = HEADER_ROOM - len;
         self.buf[start..HEADER_ROOM].copy_from_slice(&h[..len]);
-        Record(Arc::from(&self.buf[start..]))
+        seal(self.buf, start)
     }
+}
+
+thread_local! {
+    /// The buffer records are encoded in before they are sealed: one per
+    /// thread, reused, so building a record costs one allocation (its own).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Buffers larger than this go back to the allocator instead of staying
+/// with the thread.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// An empty buffer with room for `capacity` bytes: the thread's scratch
+/// buffer when it is free (a record being built while another is pending
+/// gets a new one).
+fn scratch(capacity: usize) -> Vec<u8> {
+    let mut buf = SCRATCH.with(std::cell::Cell::take);
+    buf.clear();
+    buf.reserve(capacity);
+    buf
+}
+
+/// The record made of `buf[start..]`; the buffer goes back to the thread.
+fn seal(buf: Vec<u8>, start: usize) -> Record {
+    let record = Record(Arc::from(&buf[start..]));
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| s.set(buf));
+    }
+    record
 }
 
 /// Merges `patch` into `old`: fields present in both take the patch's value in
@@ -277,7 +306,7 @@ impl PendingRecord {
 pub(crate) fn merge(old: &Record, patch: &Map<String, Value>) -> Record {
     let bytes = &old.0;
     let mut r = Reader::new(bytes);
-    let mut out = Vec::with_capacity(bytes.len() + 32 * patch.len());
+    let mut out = scratch(bytes.len() + 32 * patch.len());
     let n = match r.tok() {
         Ok(Tok::Map(n)) => n,
         _ => 0,
@@ -293,8 +322,10 @@ pub(crate) fn merge(old: &Record, patch: &Map<String, Value>) -> Record {
         }
         fields.push((k, start, r.pos));
     }
-    let known: std::collections::HashSet<&str> = fields.iter().map(|f| f.0).collect();
-    let added = patch.keys().filter(|k| !known.contains(k.as_str())).count();
+    // A patch names a few fields: looking each up in the record's list
+    // beats hashing them all, up to a few dozen comparisons.
+    let known = Known::new(&fields, patch.len());
+    let added = patch.keys().filter(|k| !known.contains(k)).count();
     put_map_len(&mut out, fields.len() + added);
     for (k, start, end) in &fields {
         put_str(&mut out, k);
@@ -304,12 +335,36 @@ pub(crate) fn merge(old: &Record, patch: &Map<String, Value>) -> Record {
         }
     }
     for (k, v) in patch {
-        if !known.contains(k.as_str()) {
+        if !known.contains(k) {
             put_str(&mut out, k);
             encode_value(&mut out, v);
         }
     }
-    Record(Arc::from(out))
+    seal(out, 0)
+}
+
+/// The field names a record already has, for [`merge`].
+enum Known<'f, 'a> {
+    /// Few enough lookups to scan the fields for.
+    Few(&'f [(&'a str, usize, usize)]),
+    Many(std::collections::HashSet<&'a str>),
+}
+
+impl<'f, 'a> Known<'f, 'a> {
+    fn new(fields: &'f [(&'a str, usize, usize)], lookups: usize) -> Self {
+        if fields.len().saturating_mul(lookups) <= 64 {
+            Known::Few(fields)
+        } else {
+            Known::Many(fields.iter().map(|f| f.0).collect())
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Known::Few(fields) => fields.iter().any(|f| f.0 == name),
+            Known::Many(names) => names.contains(name),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -459,6 +514,119 @@ mod tests {
         let r = Record::from_validated(&bytes);
         let m = merge(&r, json!({"b": "x", "c": [1]}).as_object().unwrap());
         assert_eq!(m.to_json_string(), r#"{"id":1,"a":1,"b":"x","c":[1]}"#);
+    }
+
+    /// `merge` as a model: the record's fields in order, patched in place,
+    /// then the new ones in the patch's order.
+    fn merged_model(
+        fields: &[(String, Value)],
+        patch: &Map<String, Value>,
+    ) -> Vec<(String, Value)> {
+        let mut out: Vec<(String, Value)> = fields
+            .iter()
+            .map(|(k, v)| (k.clone(), patch.get(k).unwrap_or(v).clone()))
+            .collect();
+        for (k, v) in patch {
+            if !fields.iter().any(|(f, _)| f == k) {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        out
+    }
+
+    /// The fields of a record in their stored order.
+    fn fields_of(r: &Record) -> Vec<(String, Value)> {
+        let text = r.to_json_string();
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let ordered: OrderedFields = serde::Deserialize::deserialize(&mut de).unwrap();
+        ordered.0
+    }
+
+    struct OrderedFields(Vec<(String, Value)>);
+
+    impl<'de> serde::Deserialize<'de> for OrderedFields {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = OrderedFields;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<OrderedFields, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(e) = m.next_entry()? {
+                        out.push(e);
+                    }
+                    Ok(OrderedFields(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    #[test]
+    fn merge_finds_existing_fields_by_scan_and_by_hash() {
+        // Few fields and a small patch take the scan; many take the set.
+        for (record_fields, patch_fields) in [(3, 1), (3, 4), (8, 8), (9, 8), (100, 1), (100, 40)] {
+            let fields: Vec<(String, Value)> = (0..record_fields)
+                .map(|i| (format!("f{i}"), json!(i)))
+                .collect();
+            let mut bytes = Vec::new();
+            put_map_len(&mut bytes, fields.len());
+            for (k, v) in &fields {
+                put_str(&mut bytes, k);
+                encode_value(&mut bytes, v);
+            }
+            let old = Record::from_validated(&bytes);
+            // Every other patch field exists already; the rest are new.
+            let patch: Map<String, Value> = (0..patch_fields)
+                .map(|j| {
+                    let name = if j % 2 == 0 {
+                        format!("f{}", j * 7 % record_fields)
+                    } else {
+                        format!("new{j}")
+                    };
+                    (name, json!(format!("p{j}")))
+                })
+                .collect();
+            let merged = merge(&old, &patch);
+            assert_eq!(
+                fields_of(&merged),
+                merged_model(&fields, &patch),
+                "{record_fields} fields, {patch_fields} patched"
+            );
+        }
+    }
+
+    #[test]
+    fn records_built_one_after_another_share_no_bytes() {
+        // The scratch buffer is reused: a record sealed from it must not
+        // change when the next one is built, large or small.
+        let big = "x".repeat(2 * SCRATCH_KEEP);
+        let a = rec(json!({"id": 1, "s": "first"}));
+        let b = rec(json!({"id": 2, "s": big.clone()}));
+        let c = rec(json!({"id": 3}));
+        // A buffer that grew past the limit is not kept.
+        assert!(SCRATCH.with(|s| {
+            let buf = s.take();
+            let kept = buf.capacity() <= SCRATCH_KEEP;
+            s.set(buf);
+            kept
+        }));
+        let d = merge(&a, json!({"s": "patched"}).as_object().unwrap());
+        // Two records pending at once: the second gets a buffer of its own.
+        let p1 = PendingRecord::new(&json!({"id": 5, "k": "one"}), "id").unwrap();
+        let p2 = PendingRecord::new(&json!({"id": 6, "k": "two"}), "id").unwrap();
+        let (r2, r1) = (p2.finish(None), p1.finish(None));
+        assert_eq!(a.to_value(), json!({"id": 1, "s": "first"}));
+        assert_eq!(b.to_value(), json!({"id": 2, "s": big}));
+        assert_eq!(c.to_value(), json!({"id": 3}));
+        assert_eq!(d.to_value(), json!({"id": 1, "s": "patched"}));
+        assert_eq!(r1.to_value(), json!({"id": 5, "k": "one"}));
+        assert_eq!(r2.to_value(), json!({"id": 6, "k": "two"}));
     }
 
     #[test]
