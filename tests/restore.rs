@@ -279,6 +279,64 @@ async fn damaged_newest_full_fails_or_falls_back_when_lenient() {
     assert_eq!(r.skipped[0].file, newest.file);
 }
 
+/// A backup reached through a symbolic link whose target is gone (the
+/// other disk did not mount) keeps its place in the chain: restore, lenient
+/// or not, refuses to return the older state as if it were the newest, and
+/// verify fails, both naming the entry; a restore to a time before it works.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_backup_behind_a_dangling_link_stops_restore_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let (_db, files, states, _) = chain(&dir).await;
+    let unmounted = tmp.path().join("other-disk-not-mounted");
+
+    // The newest delta, then (separately) a newer full backup.
+    let newer_full = {
+        let mut n = BackupName::parse(&files[3]).unwrap();
+        n.secs += 1;
+        n.to_string().replace("dictdb_delta_", "dictdb_backup_")
+    };
+    for gone in [files[3].clone(), newer_full] {
+        let _ = std::fs::remove_file(dir.join(&files[3]));
+        std::os::unix::fs::symlink(unmounted.join(&gone), dir.join(&gone)).unwrap();
+        for lenient in [false, true] {
+            let err = Restore::from_dir(&dir)
+                .unwrap()
+                .stop_at_last_consistent(lenient)
+                .run()
+                .await
+                .unwrap_err();
+            assert!(err.is_store_failure(), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&gone) && text.contains("cannot be read"),
+                "{text}"
+            );
+        }
+        let report = verify_dir(&dir).await.unwrap();
+        assert!(!report.is_ok(), "{report:?}");
+        let entry = report.files.iter().find(|f| f.name == gone).unwrap();
+        assert!(entry.status.is_err(), "{entry:?}");
+        let listed =
+            dictdb::restore::list_store(Arc::new(dictdb::LocalStore::existing(&dir).unwrap()))
+                .await
+                .unwrap();
+        let entry = listed.files.iter().find(|f| f.name == gone).unwrap();
+        assert!(entry.error.is_some(), "{entry:?}");
+        // The state of the file before it is still there to take.
+        let r = Restore::from_dir(&dir)
+            .unwrap()
+            .until_time(name_time(&files[2]))
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(common::table_map(&r.db), states[2]);
+        std::fs::remove_file(dir.join(&gone)).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn pickle_base_is_reported_as_unsupported() {
     let tmp = tempfile::tempdir().unwrap();

@@ -67,7 +67,7 @@ pub(crate) type Feed = Box<dyn DeltaFeed + Send>;
 /// dropped when the decoding ends, however it ends).
 async fn decode_entry(catalog: &Catalog, e: &Entry, feed: Option<Feed>) -> Result<Decoded> {
     e.format()?;
-    let reader = catalog.store.open(e.file_name()).await?;
+    let reader = e.open(&*catalog.store).await?;
     let entry = e.clone();
     let keys = catalog.keys.clone();
     tokio::task::spawn_blocking(move || decode_opened(&entry, reader, &keys, feed))
@@ -269,7 +269,7 @@ fn read_ahead(
     drop(done_tx);
     let opener = tokio::spawn(async move {
         for e in jobs {
-            let reader = store.open(e.file_name()).await;
+            let reader = e.open(&*store).await;
             if job_tx.send((e, reader)).await.is_err() {
                 break;
             }

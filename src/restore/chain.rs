@@ -31,9 +31,39 @@ const HEADER_MAX: u64 = 64 << 20;
 pub(crate) struct Entry {
     pub(crate) name: BackupName,
     pub(crate) file: StoredFile,
+    /// Why the store will not read it, when it listed the entry as one it
+    /// skips (a dangling symbolic link, a directory): named like a backup,
+    /// it still takes its place in the chains, and every read of it fails.
+    pub(crate) unreadable: Option<String>,
 }
 
 impl Entry {
+    /// Fails for an entry the store does not read: a store failure, never
+    /// damage, so lenient mode cannot pass over it either. Its changes may
+    /// be sound where it cannot be reached (a disk that did not mount), and
+    /// a restore without them would return older data as if it were the
+    /// newest.
+    pub(crate) fn readable(&self) -> Result<()> {
+        match &self.unreadable {
+            None => Ok(()),
+            Some(reason) => Err(Error::Store {
+                path: self.file.name.clone(),
+                message: format!(
+                    "named like a backup but cannot be read ({reason}); without it a \
+                     restore could return older data as the newest: make it readable, \
+                     remove it if that backup is gone for good, or restore to a time \
+                     before it"
+                ),
+            }),
+        }
+    }
+
+    /// Opens the file for reading (see [`Entry::readable`]).
+    pub(crate) async fn open(&self, store: &dyn BackupStore) -> Result<crate::store::FileReader> {
+        self.readable()?;
+        store.open(self.file_name()).await
+    }
+
     pub(crate) fn kind(&self) -> BackupKind {
         self.name.kind
     }
@@ -83,8 +113,29 @@ impl Catalog {
         let listing = store.list_all().await?;
         for file in listing.files {
             match BackupName::parse(&file.name) {
-                Some(name) => entries.push(Entry { name, file }),
+                Some(name) => entries.push(Entry {
+                    name,
+                    file,
+                    unreadable: None,
+                }),
                 None => foreign.push(file),
+            }
+        }
+        // An entry the store skips but that is named like a backup keeps
+        // its place: leaving it out would make the chain before it look
+        // complete.
+        let mut skipped = Vec::new();
+        for s in listing.skipped {
+            match BackupName::parse(&s.name) {
+                Some(name) => entries.push(Entry {
+                    name,
+                    file: StoredFile {
+                        name: s.name,
+                        size: s.size.unwrap_or(0),
+                    },
+                    unreadable: Some(s.reason),
+                }),
+                None => skipped.push(s),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -94,7 +145,7 @@ impl Catalog {
             keys,
             entries,
             foreign,
-            skipped: listing.skipped,
+            skipped,
             first_ours: OnceCell::new(),
         })
     }
@@ -122,6 +173,7 @@ impl Catalog {
         } else {
             HEADER_PROBE
         };
+        e.readable()?;
         let mut len = probe.min(size);
         loop {
             let prefix = if len == 0 {

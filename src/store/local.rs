@@ -305,10 +305,7 @@ impl BackupStore for LocalStore {
                                 skipped.push(SkippedEntry::new(
                                     &name,
                                     None,
-                                    format!(
-                                        "a symbolic link whose target cannot be read ({e}): \
-                                         not read; restore its target or remove the link"
-                                    ),
+                                    format!("a symbolic link whose target cannot be read: {e}"),
                                 ));
                             }
                             continue;
@@ -329,9 +326,9 @@ impl BackupStore for LocalStore {
                         "a FIFO, socket or device"
                     };
                     let reason = if link {
-                        format!("a symbolic link to {what}: not a backup file, skipped")
+                        format!("a symbolic link to {what}, not a regular file")
                     } else {
-                        format!("{what}: not a backup file, skipped")
+                        format!("{what}, not a regular file")
                     };
                     skipped.push(SkippedEntry::new(&name, None, reason));
                 }
