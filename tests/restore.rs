@@ -680,3 +680,29 @@ async fn symlinked_backups_are_read_and_other_entries_reported() {
     assert!(std::fs::symlink_metadata(dir.join(&files[3])).is_err());
     assert!(elsewhere.join(&files[3]).is_file());
 }
+
+/// A manager started on a store whose newest backup-named entry cannot be
+/// read refuses to start rather than build its chain on an older head (its
+/// next delta would skip the unreadable file's changes).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_manager_does_not_start_on_a_store_whose_newest_entry_cannot_be_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let (db, files, _, _) = chain(&dir).await;
+    let gone = files[3].clone();
+    std::fs::remove_file(dir.join(&gone)).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("not-mounted").join(&gone), dir.join(&gone))
+        .unwrap();
+    let config = || BackupConfig::new(&dir).incremental(true);
+    let err = BackupManager::start(&db, config()).await.unwrap_err();
+    assert!(err.to_string().contains(&gone), "{err}");
+    let err = BackupManager::restore_or_start(config()).await.unwrap_err();
+    assert!(err.to_string().contains(&gone), "{err}");
+    // Once the entry is dealt with, the service starts again.
+    std::fs::remove_file(dir.join(&gone)).unwrap();
+    let resumed = BackupManager::restore_or_start(config()).await.unwrap();
+    assert_eq!(resumed.restored.unwrap().applied.len(), 3);
+    resumed.manager.stop().await.unwrap();
+}
