@@ -589,6 +589,36 @@ async fn a_missing_delta_is_a_gap_the_replica_never_skips() {
     w.manager.stop().await.unwrap();
 }
 
+/// A delta behind a symbolic link to a disk that did not mount: the
+/// replica stops at it, names it and keeps serving the cut before it; once
+/// the link's target is there, the replica reads it through the link.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_delta_behind_a_dangling_link_is_waited_for_never_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Writer::start(tmp.path()).await;
+    w.insert(1, 5);
+    let full = w.full().await;
+    let replica = Replica::follow(local(tmp.path()), quiet()).await.unwrap();
+    w.insert(10, 1);
+    let d1 = w.delta().await;
+    let mount = tempfile::tempdir().unwrap();
+    let elsewhere = mount.path().join("disk");
+    let saved = std::fs::read(tmp.path().join(&d1.file)).unwrap();
+    std::fs::remove_file(tmp.path().join(&d1.file)).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join(&d1.file), tmp.path().join(&d1.file)).unwrap();
+    let err = replica.sync().await.unwrap_err();
+    assert!(err.is_store_failure(), "{err}");
+    assert!(err.to_string().contains(&d1.file), "{err}");
+    assert_eq!(table_map(replica.db()), w.cuts[&full.seq]);
+    // The disk is back.
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join(&d1.file), saved).unwrap();
+    replica.sync().await.unwrap();
+    assert_eq!(table_map(replica.db()), w.cuts[&d1.seq]);
+    w.manager.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn writes_through_the_replica_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
