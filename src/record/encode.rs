@@ -534,37 +534,13 @@ mod tests {
         out
     }
 
-    /// The fields of a record in their stored order.
-    fn fields_of(r: &Record) -> Vec<(String, Value)> {
-        let text = r.to_json_string();
-        let mut de = serde_json::Deserializer::from_str(&text);
-        let ordered: OrderedFields = serde::Deserialize::deserialize(&mut de).unwrap();
-        ordered.0
-    }
-
-    struct OrderedFields(Vec<(String, Value)>);
-
-    impl<'de> serde::Deserialize<'de> for OrderedFields {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = OrderedFields;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a map")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut m: A,
-                ) -> Result<OrderedFields, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some(e) = m.next_entry()? {
-                        out.push(e);
-                    }
-                    Ok(OrderedFields(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
+    /// Fields as compact JSON text, in their order.
+    fn text_of(fields: &[(String, Value)]) -> String {
+        let pairs: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
+            .collect();
+        format!("{{{}}}", pairs.join(","))
     }
 
     #[test]
@@ -594,8 +570,8 @@ mod tests {
                 .collect();
             let merged = merge(&old, &patch);
             assert_eq!(
-                fields_of(&merged),
-                merged_model(&fields, &patch),
+                merged.to_json_string(),
+                text_of(&merged_model(&fields, &patch)),
                 "{record_fields} fields, {patch_fields} patched"
             );
         }
