@@ -98,8 +98,9 @@ pub(crate) struct Catalog {
     pub(crate) keys: Keys,
     pub(crate) entries: Vec<Entry>,
     pub(crate) foreign: Vec<StoredFile>,
-    /// Entries of the store that are not files (object keys no plain name
-    /// addresses): reported, never read.
+    /// Entries the store skips whose names are not backup names (object
+    /// keys no plain name addresses): reported, never read. Skipped
+    /// entries named like backups are in `entries`, unreadable.
     pub(crate) skipped: Vec<SkippedEntry>,
     /// The first file (in write order) that carries dictdb metadata.
     first_ours: OnceCell<Option<BackupName>>,
