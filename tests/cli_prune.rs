@@ -178,3 +178,34 @@ async fn a_twin_beside_a_full_backup_neither_breaks_restore_nor_loses_the_full_b
     );
     cli(args!["restore", &c.dir, "--dry-run"]).ok();
 }
+
+/// A full backup behind a dangling symbolic link (its disk did not mount)
+/// keeps its place: its deltas are its chain's, kept while a rule keeps
+/// the chain, and deleted with it (the link too) when none does.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_full_backup_behind_a_dangling_link_keeps_its_deltas() {
+    let c = make_two_chains().await;
+    let n: Vec<&str> = c.files.iter().map(|f| f.file.as_str()).collect();
+    let link = c.dir.join(n[0]);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(c.dir.join("not-mounted").join(n[0]), &link).unwrap();
+
+    let out = cli(args!["prune", &c.dir, "--keep-last", "5", "--dry-run"]);
+    let text = out.ok();
+    assert!(
+        line_of(text, &format!("keep {}", n[1])).contains("in the chain kept for"),
+        "{text}"
+    );
+    let out = cli(args!["prune", &c.dir, "--keep-last", "5"]);
+    let text = out.ok();
+    assert!(text.contains("nothing to delete"), "{text}");
+    assert!(c.dir.join(n[1]).is_file(), "{text}");
+
+    let out = cli(args!["prune", &c.dir, "--keep-last", "1"]);
+    let text = out.ok();
+    assert!(text.contains("deleted 2 files"), "{text}");
+    assert!(std::fs::symlink_metadata(&link).is_err(), "{text}");
+    assert!(!c.dir.join(n[1]).exists(), "{text}");
+    cli(args!["verify", &c.dir]).ok();
+}

@@ -706,3 +706,65 @@ async fn a_manager_does_not_start_on_a_store_whose_newest_entry_cannot_be_read()
     assert_eq!(resumed.restored.unwrap().applied.len(), 3);
     resumed.manager.stop().await.unwrap();
 }
+
+/// Retention plans on a full backup it cannot read as on any other: the
+/// deltas after it are its chain's, not deltas without a base to delete;
+/// when the rules let that chain go, it goes whole, the link with it (never
+/// the link's target).
+#[cfg(unix)]
+#[tokio::test]
+async fn retention_keeps_the_deltas_of_a_full_backup_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let (db, files, states, _) = chain(&dir).await;
+    let config = || BackupConfig::new(&dir).incremental(true);
+    let m = BackupManager::start(&db, config()).await.unwrap();
+    m.backup_full().await.unwrap();
+    m.stop().await.unwrap();
+    // The old chain's full backup lives on a disk that did not mount.
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let f1 = &files[0];
+    std::fs::rename(dir.join(f1), disk.join(f1)).unwrap();
+    let unmount = || {
+        let _ = std::fs::remove_file(dir.join(f1));
+        std::os::unix::fs::symlink(tmp.path().join("not-mounted").join(f1), dir.join(f1)).unwrap();
+    };
+    unmount();
+
+    let m = BackupManager::start(&db, config().keep_full_backups(5))
+        .await
+        .unwrap();
+    m.backup_full().await.unwrap();
+    m.stop().await.unwrap();
+    for f in &files[1..] {
+        assert!(dir.join(f).is_file(), "{f} was deleted");
+    }
+    // The disk is back: the old chain restores whole.
+    std::fs::remove_file(dir.join(f1)).unwrap();
+    std::os::unix::fs::symlink(disk.join(f1), dir.join(f1)).unwrap();
+    let r = Restore::from_dir(&dir)
+        .unwrap()
+        .until_time(name_time(&files[3]))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(common::table_map(&r.db), states[3]);
+
+    // Rules that let the old chain go delete it whole, link included.
+    unmount();
+    let m = BackupManager::start(&db, config().keep_full_backups(1))
+        .await
+        .unwrap();
+    m.backup_full().await.unwrap();
+    m.stop().await.unwrap();
+    for f in &files {
+        assert!(std::fs::symlink_metadata(dir.join(f)).is_err(), "{f} kept");
+    }
+    assert!(
+        disk.join(f1).is_file(),
+        "the link's target is never deleted"
+    );
+    assert!(verify_dir(&dir).await.unwrap().is_ok());
+}

@@ -112,6 +112,24 @@ impl Catalog {
         let mut entries = Vec::new();
         let mut foreign = Vec::new();
         let listing = store.list_all().await?;
+        // An entry the store skips but that is named like a backup keeps
+        // its place: leaving it out would make the chain before it look
+        // complete.
+        for (s, name) in listing.unreadable_backups() {
+            entries.push(Entry {
+                name,
+                file: StoredFile {
+                    name: s.name.clone(),
+                    size: s.size.unwrap_or(0),
+                },
+                unreadable: Some(s.reason.clone()),
+            });
+        }
+        let skipped = listing
+            .skipped
+            .into_iter()
+            .filter(|s| BackupName::parse(&s.name).is_none())
+            .collect();
         for file in listing.files {
             match BackupName::parse(&file.name) {
                 Some(name) => entries.push(Entry {
@@ -120,23 +138,6 @@ impl Catalog {
                     unreadable: None,
                 }),
                 None => foreign.push(file),
-            }
-        }
-        // An entry the store skips but that is named like a backup keeps
-        // its place: leaving it out would make the chain before it look
-        // complete.
-        let mut skipped = Vec::new();
-        for s in listing.skipped {
-            match BackupName::parse(&s.name) {
-                Some(name) => entries.push(Entry {
-                    name,
-                    file: StoredFile {
-                        name: s.name,
-                        size: s.size.unwrap_or(0),
-                    },
-                    unreadable: Some(s.reason),
-                }),
-                None => skipped.push(s),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));

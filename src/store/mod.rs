@@ -91,6 +91,31 @@ impl StoreListing {
         StoreListing { files, skipped }
     }
 
+    /// The files, then the skipped entries named like backups a writer
+    /// could make (a symbolic link to a disk that did not mount, a
+    /// directory): what retention plans on. Such an entry cannot be read,
+    /// but it keeps its place among the backups, so the deltas after an
+    /// unreadable full backup still belong to it (its chain is kept or
+    /// deleted whole, as any other) instead of passing for deltas with no
+    /// full backup. Its size is 0 when the listing did not say.
+    pub fn with_unreadable_backups(&self) -> Vec<StoredFile> {
+        let mut out = self.files.clone();
+        out.extend(self.unreadable_backups().map(|(s, _)| StoredFile {
+            name: s.name.clone(),
+            size: s.size.unwrap_or(0),
+        }));
+        out
+    }
+
+    /// The skipped entries named like backups, with their names read.
+    pub(crate) fn unreadable_backups(
+        &self,
+    ) -> impl Iterator<Item = (&SkippedEntry, crate::naming::BackupName)> {
+        self.skipped
+            .iter()
+            .filter_map(|s| crate::naming::BackupName::parse(&s.name).map(|n| (s, n)))
+    }
+
     /// Splits off the files named like backups whose names are not trusted
     /// ([`NameCheck::Refused`](crate::NameCheck::Refused)) into
     /// [`skipped`](Self::skipped), with the reason.

@@ -128,6 +128,7 @@ pub(crate) async fn prune(
             return None;
         }
     };
+    let planned = listing.with_unreadable_backups();
     let skipped = listing.skipped;
     if !skipped.is_empty() {
         warn!(
@@ -139,7 +140,7 @@ pub(crate) async fn prune(
             entries: skipped.clone(),
         });
     }
-    let plan = policy.plan_keeping(&listing.files, now, written);
+    let plan = policy.plan_keeping(&planned, now, written);
     if plan.deletions().is_empty() {
         return Some(skipped);
     }

@@ -167,7 +167,11 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
             ),
         ));
     };
-    let plan = policy.plan_keeping(&listing.files, SystemTime::now(), &restorable);
+    let plan = policy.plan_keeping(
+        &listing.with_unreadable_backups(),
+        SystemTime::now(),
+        &restorable,
+    );
     let mut report = PruneReport::of(
         dictdb::printable_name(&store.location()),
         &plan,
