@@ -282,7 +282,9 @@ async fn damaged_newest_full_fails_or_falls_back_when_lenient() {
 /// A backup reached through a symbolic link whose target is gone (the
 /// other disk did not mount) keeps its place in the chain: restore, lenient
 /// or not, refuses to return the older state as if it were the newest, and
-/// verify fails, both naming the entry; a restore to a time before it works.
+/// verify fails, both naming the entry; a restore to the time of the backup
+/// before it works, and one to a time between the two fails (it would have
+/// to read the entry to know nothing is missing).
 #[cfg(unix)]
 #[tokio::test]
 async fn a_backup_behind_a_dangling_link_stops_restore_and_verify() {
@@ -333,6 +335,24 @@ async fn a_backup_behind_a_dangling_link_stops_restore_and_verify() {
             .await
             .unwrap();
         assert_eq!(common::table_map(&r.db), states[2]);
+        // A limit between the two must read the delta to know nothing
+        // before the limit is missing (a full backup after the limit is
+        // not needed for that).
+        let between = name_time(&files[2]) + std::time::Duration::from_micros(1);
+        let limited = Restore::from_dir(&dir)
+            .unwrap()
+            .until_time(between)
+            .run()
+            .await;
+        if gone == files[3] {
+            let err = limited.unwrap_err();
+            assert!(
+                err.to_string().contains("the time of the backup before it"),
+                "{err}"
+            );
+        } else {
+            assert_eq!(common::table_map(&limited.unwrap().db), states[2]);
+        }
         std::fs::remove_file(dir.join(&gone)).unwrap();
     }
 }

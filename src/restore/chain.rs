@@ -51,8 +51,9 @@ impl Entry {
                 message: format!(
                     "named like a backup but cannot be read ({reason}); without it a \
                      restore could return older data as the newest: make it readable, \
-                     remove it if that backup is gone for good, or restore to a time \
-                     before it"
+                     remove it if that backup is gone for good, or restore to the time \
+                     of the backup before it (or earlier: a later limit must read this \
+                     one to know nothing is missing)"
                 ),
             }),
         }
