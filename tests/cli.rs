@@ -268,6 +268,16 @@ async fn inspect_shows_tables_counts_and_says_what_a_non_backup_is() {
     cli(args!["inspect", &empty]).fails(1, "(an empty file)");
     cli(args!["inspect", &c.dir]).fails(2, "is a directory");
     cli(args!["inspect", &c.dir.join("nope.json")]).fails(3, "no such file");
+    #[cfg(unix)]
+    {
+        // Links that lead nowhere readable say so.
+        let dangling = c.tmp.path().join("dictdb_delta_1795682694_999999.json");
+        std::os::unix::fs::symlink(c.tmp.path().join("not-mounted"), &dangling).unwrap();
+        cli(args!["inspect", &dangling]).fails(3, "a symbolic link whose target cannot be read");
+        let to_dir = c.tmp.path().join("dictdb_delta_1795682694_999998.json");
+        std::os::unix::fs::symlink(&c.dir, &to_dir).unwrap();
+        cli(args!["inspect", &to_dir]).fails(2, "a symbolic link to a directory");
+    }
     cli(args!["inspect", "s3://bucket/dictdb_backup_1_000001.json"]).fails(2, "local file");
 
     // --format overrides detection: a backup copied under another name.

@@ -39,7 +39,16 @@ pub(crate) async fn run(
              `dictdb-backup verify` on the store"
         )));
     }
+    // A symbolic link is read through; one that leads nowhere readable is
+    // said to be a link (a backup whose disk did not mount), not missing.
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() && link => {
+            return Err(CliError::usage(format!(
+                "{shown}: a symbolic link to a directory, not a file"
+            ))
+            .about(shown))
+        }
         Ok(m) if m.is_dir() => {
             return Err(CliError::usage(format!(
                 "{shown}: is a directory (to read a backup directory: dictdb-backup list {shown}, \
@@ -48,6 +57,12 @@ pub(crate) async fn run(
             .about(shown))
         }
         Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
+            return Err(CliError::not_found(
+                &shown,
+                format!("{shown}: a symbolic link whose target cannot be read: {e}"),
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CliError::not_found(
                 &shown,
