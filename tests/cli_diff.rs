@@ -178,3 +178,15 @@ async fn json_errors_are_an_object_on_stdout_and_text_on_stderr() {
     let out = cli(args!["--json", "verify", &c.dir]);
     assert_eq!((out.code, &out.json()["ok"]), (1, &json!(false)));
 }
+
+/// A point named like a backup that cannot be read (a link to a disk that
+/// did not mount): diff says why, as restore does, not "no such file".
+#[cfg(unix)]
+#[tokio::test]
+async fn a_diff_up_to_an_unreadable_backup_says_why() {
+    let c = make_chain().await;
+    let link = c.dir.join(&c.d1.file);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(c.dir.join("not-mounted"), &link).unwrap();
+    cli(args!["diff", &c.dir, &c.d1.file]).fails(2, "named like a backup but cannot be read");
+}

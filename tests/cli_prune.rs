@@ -197,6 +197,10 @@ async fn a_full_backup_behind_a_dangling_link_keeps_its_deltas() {
         line_of(text, &format!("keep {}", n[1])).contains("in the chain kept for"),
         "{text}"
     );
+    assert!(
+        line_of(text, &format!("cannot read {}", n[0])).contains("goes with its chain"),
+        "{text}"
+    );
     let out = cli(args!["prune", &c.dir, "--keep-last", "5"]);
     let text = out.ok();
     assert!(text.contains("nothing to delete"), "{text}");

@@ -89,7 +89,15 @@ pub(crate) struct State {
 
 pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     let store = store::open(&req.store)?;
-    let names: Vec<String> = store.list().await?.into_iter().map(|f| f.name).collect();
+    // Entries named like backups that cannot be read are points too: a
+    // diff up to one says why it cannot be made, as a restore would.
+    let names: Vec<String> = store
+        .list_all()
+        .await?
+        .with_unreadable_backups()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
     if !names.iter().any(|n| BackupName::parse(n).is_some()) {
         return Err(crate::error::no_backups(&store.location(), names.len()));
     }

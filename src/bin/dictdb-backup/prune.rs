@@ -261,7 +261,16 @@ impl PruneReport {
 impl fmt::Display for PruneReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.skipped {
-            writeln!(f, "skipped {}: {}", s.name, s.reason)?;
+            if dictdb::BackupName::parse(&s.name).is_some() {
+                // Named like a backup: planned with its chain all the same.
+                writeln!(
+                    f,
+                    "cannot read {}: {} (it goes with its chain)",
+                    s.name, s.reason
+                )?;
+            } else {
+                writeln!(f, "skipped {}: {}", s.name, s.reason)?;
+            }
         }
         if self.dry_run {
             writeln!(f, "dry run: nothing deleted from {}", self.store)?;
