@@ -116,21 +116,17 @@ impl Catalog {
         // An entry the store skips but that is named like a backup keeps
         // its place: leaving it out would make the chain before it look
         // complete.
-        for (s, name) in listing.unreadable_backups() {
-            entries.push(Entry {
-                name,
-                file: StoredFile {
-                    name: s.name.clone(),
-                    size: s.size.unwrap_or(0),
-                },
-                unreadable: Some(s.reason.clone()),
-            });
+        let mut skipped = Vec::new();
+        for s in listing.skipped {
+            match s.backup_name() {
+                Some(name) => entries.push(Entry {
+                    name,
+                    file: s.as_file(),
+                    unreadable: Some(s.reason),
+                }),
+                None => skipped.push(s),
+            }
         }
-        let skipped = listing
-            .skipped
-            .into_iter()
-            .filter(|s| BackupName::parse(&s.name).is_none())
-            .collect();
         for file in listing.files {
             match BackupName::parse(&file.name) {
                 Some(name) => entries.push(Entry {

@@ -66,6 +66,23 @@ impl SkippedEntry {
             reason: reason.into(),
         }
     }
+
+    /// The backup name it carries, when it is one a writer could make (a
+    /// symbolic link to a disk that did not mount, a directory named like a
+    /// backup): such an entry cannot be read, but it keeps its place among
+    /// the backups, in restore, verify and retention alike.
+    pub fn backup_name(&self) -> Option<crate::naming::BackupName> {
+        crate::naming::BackupName::parse(&self.name)
+    }
+
+    /// The entry as a file of the store (size 0 when the listing did not
+    /// say), for what plans by names.
+    pub fn as_file(&self) -> StoredFile {
+        StoredFile {
+            name: self.name.clone(),
+            size: self.size.unwrap_or(0),
+        }
+    }
 }
 
 impl fmt::Display for SkippedEntry {
@@ -91,29 +108,20 @@ impl StoreListing {
         StoreListing { files, skipped }
     }
 
-    /// The files, then the skipped entries named like backups a writer
-    /// could make (a symbolic link to a disk that did not mount, a
-    /// directory): what retention plans on. Such an entry cannot be read,
-    /// but it keeps its place among the backups, so the deltas after an
-    /// unreadable full backup still belong to it (its chain is kept or
-    /// deleted whole, as any other) instead of passing for deltas with no
-    /// full backup. Its size is 0 when the listing did not say.
+    /// The files, then the skipped entries named like backups
+    /// ([`SkippedEntry::backup_name`]): what retention plans on. An
+    /// unreadable full backup thereby keeps its deltas in its chain (kept or
+    /// deleted whole, as any other) instead of leaving them to pass for
+    /// deltas with no full backup.
     pub fn with_unreadable_backups(&self) -> Vec<StoredFile> {
         let mut out = self.files.clone();
-        out.extend(self.unreadable_backups().map(|(s, _)| StoredFile {
-            name: s.name.clone(),
-            size: s.size.unwrap_or(0),
-        }));
+        out.extend(
+            self.skipped
+                .iter()
+                .filter(|s| s.backup_name().is_some())
+                .map(SkippedEntry::as_file),
+        );
         out
-    }
-
-    /// The skipped entries named like backups, with their names read.
-    pub(crate) fn unreadable_backups(
-        &self,
-    ) -> impl Iterator<Item = (&SkippedEntry, crate::naming::BackupName)> {
-        self.skipped
-            .iter()
-            .filter_map(|s| crate::naming::BackupName::parse(&s.name).map(|n| (s, n)))
     }
 
     /// Splits off the files named like backups whose names are not trusted
@@ -287,5 +295,47 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name("dictdb_backup_1_000001.json").is_ok());
+    }
+
+    /// Only a plain backup name makes a skipped entry an unreadable backup:
+    /// object keys no plain name addresses stay skipped, whatever they end in.
+    #[test]
+    fn only_a_plain_backup_name_makes_a_skipped_entry_a_backup() {
+        let name = "dictdb_backup_1795682694_728491.json";
+        let entry = |n: &str| SkippedEntry::new(n, Some(7), "unreadable");
+        let plain = entry(name);
+        assert_eq!(
+            plain.backup_name().map(|b| b.to_string()).as_deref(),
+            Some(name)
+        );
+        assert_eq!(
+            plain.as_file(),
+            StoredFile {
+                name: name.into(),
+                size: 7
+            }
+        );
+        for key in [
+            format!("svc//{name}"),
+            format!("{name}/.."),
+            format!("../{name}"),
+            format!("{name}\n"),
+            "dictdb_backup_9999999999_000000.json".to_string(),
+        ] {
+            assert!(entry(&key).backup_name().is_none(), "{key:?}");
+        }
+        let listing = StoreListing::new(
+            vec![StoredFile {
+                name: "a".into(),
+                size: 1,
+            }],
+            vec![entry(name), entry(&format!("svc//{name}"))],
+        );
+        let planned: Vec<String> = listing
+            .with_unreadable_backups()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(planned, ["a", name]);
     }
 }

@@ -78,6 +78,9 @@ struct Skipped {
     /// Control characters escaped.
     name: String,
     reason: String,
+    /// Named like a backup: planned with its chain all the same.
+    #[serde(skip)]
+    unreadable_backup: bool,
 }
 
 #[derive(Serialize)]
@@ -183,6 +186,7 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     report.skipped = refused
         .into_iter()
         .map(|s| Skipped {
+            unreadable_backup: s.backup_name().is_some(),
             name: s.name,
             reason: s.reason,
         })
@@ -261,8 +265,7 @@ impl PruneReport {
 impl fmt::Display for PruneReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.skipped {
-            if dictdb::BackupName::parse(&s.name).is_some() {
-                // Named like a backup: planned with its chain all the same.
+            if s.unreadable_backup {
                 writeln!(
                     f,
                     "cannot read {}: {} (it goes with its chain)",
