@@ -162,7 +162,7 @@ impl<'a> Reader<'a> {
     /// directly; every other marker, and anything cut short, goes through
     /// [`read_head`], which gives the same answer (a property test holds
     /// the two together).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn raw(&mut self) -> Result<(Head, &'a [u8]), RecordError> {
         if let Some(&m) = self.buf.get(self.pos) {
             let head = match m {
@@ -193,6 +193,27 @@ impl<'a> Reader<'a> {
             return Ok((head, &[]));
         }
         self.raw_general()
+    }
+
+    /// The next marker byte, not consumed.
+    #[inline(always)]
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// The bytes of the next item if it is a string of at most 31 bytes
+    /// (one marker byte), consumed; `None`, consuming nothing, otherwise.
+    #[inline(always)]
+    pub(crate) fn fixstr(&mut self) -> Option<&'a [u8]> {
+        let m = *self.buf.get(self.pos)?;
+        if !(0xa0..=0xbf).contains(&m) {
+            return None;
+        }
+        let start = self.pos + 1;
+        let end = start + usize::from(m & 0x1f);
+        let bytes = self.buf.get(start..end)?;
+        self.pos = end;
+        Some(bytes)
     }
 
     /// The `N` bytes of the record from `start`, if it holds that many: a

@@ -73,81 +73,297 @@ pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
     (i, !high)
 }
 
-/// Writes `s` as a JSON string literal (UTF-8 kept as is, as serde_json does).
-pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    write_bytes(out, s.as_bytes());
+/// Text being written into room reserved up front: a byte slice and the
+/// position reached. Writing a record's text byte by byte into a `Vec`
+/// checks and updates its length at every push; here the room is reserved
+/// once per record (see [`room_for_record`]) and the position stays in a
+/// register. Every write is still bounds-checked: a bound that was too
+/// small would panic (caught by the backup thread as a failed backup),
+/// never write out of bounds.
+struct Text<'a> {
+    buf: &'a mut [u8],
+    at: usize,
 }
 
-/// Writes UTF-8 bytes as a JSON string literal.
-#[inline]
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    static HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    // Fast path: most strings need no escaping at all.
-    let (plain, _) = scan_plain(bytes);
-    if plain == bytes.len() {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(plain) {
-        let esc = ESCAPE[usize::from(b)];
-        if esc == 0 {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        match esc {
-            UU => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-            c => out.extend_from_slice(&[b'\\', c]),
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+/// The most bytes a string of `len` bytes can take as a literal: six per
+/// byte (`\u001f`), the quotes, and the slack of a windowed copy.
+fn room_for_str(len: usize) -> usize {
+    len.saturating_mul(6).saturating_add(2 + 32)
 }
 
-/// Writes the string `bytes`, which ends where `r` stands: a string of at
-/// most 32 bytes that needs no escaping is checked a word at a time and
-/// copied with one fixed-size move from the record (the bytes after it are
-/// cut off again); anything else goes through [`write_bytes`].
-#[inline]
-fn write_read_str(out: &mut Vec<u8>, r: &Reader<'_>, bytes: &[u8]) {
-    let len = bytes.len();
-    let start = r.pos - len;
-    let copied = if len <= 16 {
-        match r.window::<16>(start) {
-            Some(w) => copy_plain(out, w, len),
-            // Near the record's end: the sixteen bytes that end with the
-            // string, shifted down to it.
-            None => r.window::<16>(r.pos.wrapping_sub(16)).is_some_and(|w| {
-                let shifted = u128::from_le_bytes(*w).checked_shr(8 * (16 - len) as u32);
-                copy_plain(out, &shifted.unwrap_or(0).to_le_bytes(), len)
+/// The most bytes the text of a stored record of `len` bytes can take.
+///
+/// Counted per stored item, each with its separator (`,` or `:`) and a
+/// container's closing bracket: no item takes more than six bytes of text
+/// per stored byte. A string byte takes at most six (`\u001f`); a one-byte
+/// item at most six (`,false`); the fixed-width numbers at most 25 for 5
+/// or 9 stored bytes (`,-1.7976931348623157e308`), an integer at most 21 for 9
+/// (`,-9223372036854775808`) and 11 for 5; longer headers fewer. The
+/// constant covers a windowed string copy, which writes up to 32 bytes
+/// past where the string ends before the position moves back.
+pub(crate) fn room_for_record(len: usize) -> usize {
+    len.saturating_mul(6).saturating_add(64)
+}
+
+impl Text<'_> {
+    #[inline(always)]
+    fn put(&mut self, b: u8) {
+        self.buf[self.at] = b;
+        self.at += 1;
+    }
+
+    #[inline(always)]
+    fn put_all(&mut self, s: &[u8]) {
+        let end = self.at + s.len();
+        self.buf[self.at..end].copy_from_slice(s);
+        self.at = end;
+    }
+
+    /// A string literal from the first `len` bytes of `window` (known to
+    /// need no escaping), written with one fixed-size move.
+    #[inline(always)]
+    fn put_window<const N: usize>(&mut self, window: &[u8; N], len: usize) {
+        let at = self.at;
+        self.buf[at] = b'"';
+        self.buf[at + 1..at + 1 + N].copy_from_slice(window);
+        self.buf[at + 1 + len] = b'"';
+        self.at = at + len + 2;
+    }
+
+    /// Writes UTF-8 bytes as a JSON string literal.
+    fn string(&mut self, bytes: &[u8]) {
+        static HEX: &[u8; 16] = b"0123456789abcdef";
+        self.put(b'"');
+        // Fast path: most strings need no escaping at all.
+        let (plain, _) = scan_plain(bytes);
+        self.put_all(&bytes[..plain]);
+        let mut start = plain;
+        for (i, &b) in bytes.iter().enumerate().skip(plain) {
+            let esc = ESCAPE[usize::from(b)];
+            if esc == 0 {
+                continue;
+            }
+            self.put_all(&bytes[start..i]);
+            match esc {
+                UU => self.put_all(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+                c => self.put_all(&[b'\\', c]),
+            }
+            start = i + 1;
+        }
+        self.put_all(&bytes[start..]);
+        self.put(b'"');
+    }
+
+    /// Writes the string `bytes`, which ends where `r` stands: a string of
+    /// at most 32 bytes that needs no escaping is checked a word at a time
+    /// and copied with one fixed-size move from the record (the bytes after
+    /// it are overwritten next); anything else goes through
+    /// [`string`](Self::string).
+    #[inline(always)]
+    fn read_str(&mut self, r: &Reader<'_>, bytes: &[u8]) {
+        let len = bytes.len();
+        let start = r.pos - len;
+        if len <= 16 {
+            if let Some(w) = r.window::<16>(start) {
+                if plain_window(w, len) {
+                    return self.put_window(w, len);
+                }
+            } else if let Some(w) = r.window::<16>(r.pos.wrapping_sub(16)) {
+                // Near the record's end: the sixteen bytes that end with
+                // the string, shifted down to it.
+                let shifted = u128::from_le_bytes(*w)
+                    .checked_shr(8 * (16 - len) as u32)
+                    .unwrap_or(0)
+                    .to_le_bytes();
+                if plain_window(&shifted, len) {
+                    return self.put_window(&shifted, len);
+                }
+            }
+        } else if len <= 32 {
+            if let Some(w) = r.window::<32>(start) {
+                if plain_window(w, len) {
+                    return self.put_window(w, len);
+                }
+            }
+        }
+        self.string(bytes)
+    }
+
+    #[inline(always)]
+    fn uint(&mut self, u: u64) {
+        if u < 10 {
+            self.put(b'0' + u as u8);
+        } else {
+            let mut b = itoa::Buffer::new();
+            self.put_all(b.format(u).as_bytes());
+        }
+    }
+
+    #[inline(always)]
+    fn int(&mut self, i: i64) {
+        let mut b = itoa::Buffer::new();
+        self.put_all(b.format(i).as_bytes());
+    }
+
+    #[inline(always)]
+    fn float(&mut self, f: f64) {
+        let mut tmp = [0u8; FLOAT_ROOM];
+        let n = f64_text(&mut tmp, f);
+        self.put_all(&tmp[..n]);
+    }
+
+    /// Writes the item just read (`head`, and a string's `bytes`). Scalars
+    /// are written here, inlined into each container's loop; only a nested
+    /// container costs a call.
+    #[inline(always)]
+    fn item(
+        &mut self,
+        r: &mut Reader<'_>,
+        head: Head,
+        bytes: &[u8],
+        depth: usize,
+    ) -> Result<(), RecordError> {
+        if depth > MAX_DEPTH {
+            return Err(RecordError::TooDeep);
+        }
+        // Strings are copied as raw bytes: every stored record was checked
+        // to be UTF-8 when it was created, so checking again would only
+        // cost time.
+        match head {
+            Head::Nil => self.put_all(b"null"),
+            Head::Bool(true) => self.put_all(b"true"),
+            Head::Bool(false) => self.put_all(b"false"),
+            Head::Uint(u) => self.uint(u),
+            Head::Int(i) => self.int(i),
+            Head::Float(f) => self.float(f),
+            Head::Str(_) => self.read_str(r, bytes),
+            Head::Array(_) | Head::Map(_) => self.container(r, head, depth)?,
+        }
+        Ok(())
+    }
+
+    /// Reads and writes the next item. The forms that make up most records
+    /// (short strings, small integers, booleans) are written straight from
+    /// their marker byte; any other goes through [`Reader::raw`] and
+    /// [`item`](Self::item), which give the same text.
+    #[inline(always)]
+    fn next_item(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<(), RecordError> {
+        if depth <= MAX_DEPTH {
+            match r.peek() {
+                Some(m @ 0x00..=0x7f) => {
+                    r.pos += 1;
+                    self.uint(u64::from(m));
+                    return Ok(());
+                }
+                Some(0xa0..=0xbf) => {
+                    if let Some(bytes) = r.fixstr() {
+                        self.read_str(r, bytes);
+                        return Ok(());
+                    }
+                }
+                Some(0xc2) => {
+                    r.pos += 1;
+                    self.put_all(b"false");
+                    return Ok(());
+                }
+                Some(0xc3) => {
+                    r.pos += 1;
+                    self.put_all(b"true");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let (head, bytes) = r.raw()?;
+        self.item(r, head, bytes, depth)
+    }
+
+    /// Reads and writes a map's field name.
+    #[inline(always)]
+    fn field_name(&mut self, r: &mut Reader<'_>) -> Result<(), RecordError> {
+        if let Some(bytes) = r.fixstr() {
+            self.read_str(r, bytes);
+            return Ok(());
+        }
+        match r.raw()? {
+            (Head::Str(_), k) => {
+                self.read_str(r, k);
+                Ok(())
+            }
+            (other, _) => Err(RecordError::Expected {
+                expected: "a field name",
+                found: other.name(),
             }),
         }
-    } else if len <= 32 {
-        r.window::<32>(start)
-            .is_some_and(|w| copy_plain(out, w, len))
-    } else {
-        false
-    };
-    if !copied {
-        write_bytes(out, bytes);
+    }
+
+    /// Writes an array or a map whose head was just read.
+    fn container(
+        &mut self,
+        r: &mut Reader<'_>,
+        head: Head,
+        depth: usize,
+    ) -> Result<(), RecordError> {
+        match head {
+            Head::Array(n) => {
+                self.put(b'[');
+                for i in 0..n {
+                    if i > 0 {
+                        self.put(b',');
+                    }
+                    self.next_item(r, depth + 1)?;
+                }
+                self.put(b']');
+            }
+            Head::Map(n) => {
+                self.put(b'{');
+                for i in 0..n {
+                    if i > 0 {
+                        self.put(b',');
+                    }
+                    self.field_name(r)?;
+                    self.put(b':');
+                    self.next_item(r, depth + 1)?;
+                }
+                self.put(b'}');
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
-/// Writes the first `len` bytes of `window` as a string literal if none of
-/// them needs escaping; false, writing nothing, otherwise.
-#[inline]
-fn copy_plain<const N: usize>(out: &mut Vec<u8>, window: &[u8; N], len: usize) -> bool {
+/// Writes into room reserved at the end of `out`: `room` bytes at most,
+/// through `f`; `out` ends where the text does.
+#[inline(always)]
+fn write_into<T>(out: &mut Vec<u8>, room: usize, f: impl FnOnce(&mut Text<'_>) -> T) -> T {
+    let start = out.len();
+    out.resize(start + room, 0);
+    let mut text = Text {
+        buf: out.as_mut_slice(),
+        at: start,
+    };
+    let result = f(&mut text);
+    let end = text.at;
+    out.truncate(end);
+    result
+}
+
+/// Writes `s` as a JSON string literal (UTF-8 kept as is, as serde_json does).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    write_into(out, room_for_str(s.len()), |t| t.string(s.as_bytes()));
+}
+
+/// Whether none of the first `len` bytes of `window` needs escaping.
+#[inline(always)]
+fn plain_window<const N: usize>(window: &[u8; N], len: usize) -> bool {
     // Only the string's own bytes count. A match can only make false ones
     // at more significant (later) bytes, which the mask drops with the rest.
     let mut stops = 0;
@@ -160,16 +376,7 @@ fn copy_plain<const N: usize>(out: &mut Vec<u8>, window: &[u8; N], len: usize) -
         let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
         stops |= stop_bytes(w) & mask;
     }
-    if stops != 0 {
-        return false;
-    }
-    out.reserve(N + 2);
-    out.push(b'"');
-    let at = out.len();
-    out.extend_from_slice(window);
-    out.truncate(at + len);
-    out.push(b'"');
-    true
+    stops == 0
 }
 
 /// The high bit of each byte of `w` that is a quote, a backslash or a
@@ -184,22 +391,36 @@ fn stop_bytes(w: u64) -> u64 {
         | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
+/// Room for any float's text (serde_json's longest is 24 bytes).
+const FLOAT_ROOM: usize = 32;
+
 /// Writes a float as serde_json would (shortest round-trip form); a
 /// non-finite float, which no stored record holds, as `null`.
 pub(crate) fn write_f64(out: &mut Vec<u8>, f: f64) {
+    let mut tmp = [0u8; FLOAT_ROOM];
+    let n = f64_text(&mut tmp, f);
+    out.extend_from_slice(&tmp[..n]);
+}
+
+/// [`write_f64`] into `tmp`; the length written.
+#[inline]
+fn f64_text(tmp: &mut [u8; FLOAT_ROOM], f: f64) -> usize {
     use serde_json::ser::Formatter;
-    if write_short_decimal(out, f) {
-        return;
+    if let Some(n) = short_decimal(tmp, f) {
+        return n;
     }
     if f.is_finite() {
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::ser::CompactFormatter.write_f64(out, f);
+        let mut rest: &mut [u8] = &mut tmp[..];
+        // At most 24 bytes: writing to the slice cannot fail.
+        let _ = serde_json::ser::CompactFormatter.write_f64(&mut rest, f);
+        FLOAT_ROOM - rest.len()
     } else {
-        out.extend_from_slice(b"null");
+        tmp[..4].copy_from_slice(b"null");
+        4
     }
 }
 
-/// Powers of ten tried by [`write_short_decimal`] (all exact in a double).
+/// Powers of ten tried by [`short_decimal`] (all exact in a double).
 const TENS: [u64; 5] = [1, 10, 100, 1_000, 10_000];
 
 /// Writes `f` if it is a decimal of at most four fractional digits, in the
@@ -214,17 +435,17 @@ const TENS: [u64; 5] = [1, 10, 100, 1_000, 10_000];
 /// (a shorter form the product missed by a rounding) is left to the general
 /// path. Magnitudes from 0.001 (below, the general path may choose an
 /// exponent) keep the plain form the general path also uses.
-fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
+fn short_decimal(tmp: &mut [u8; FLOAT_ROOM], f: f64) -> Option<usize> {
     const LIMIT: f64 = (1u64 << 50) as f64;
     let a = f.abs();
     if !(1e-3..LIMIT).contains(&a) {
-        return false;
+        return None;
     }
     for (k, &unit) in TENS.iter().enumerate() {
         let ten = unit as f64;
         let scaled = a * ten;
         if scaled >= LIMIT {
-            return false;
+            return None;
         }
         // Truncation of a value below 2^50: exact for integers.
         let m = scaled as u64;
@@ -232,33 +453,35 @@ fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
             continue;
         }
         if m as f64 / ten != a || (k > 0 && m.is_multiple_of(10)) {
-            return false;
+            return None;
         }
         // The integer part without dividing by a variable: truncation is
         // exact below 2^50, and the fraction's digits are what remains.
         let whole = a as u64;
-        let Some(mut frac) = m.checked_sub(whole * unit).filter(|&frac| frac < unit) else {
-            return false;
-        };
+        let mut frac = m.checked_sub(whole * unit).filter(|&frac| frac < unit)?;
+        // At most 22 bytes: a sign, 16 digits below 2^50, a point, four.
+        let mut n = 0;
         if f < 0.0 {
-            out.push(b'-');
+            tmp[0] = b'-';
+            n = 1;
         }
         let mut b = itoa::Buffer::new();
-        out.extend_from_slice(b.format(whole).as_bytes());
-        out.push(b'.');
+        let digits = b.format(whole).as_bytes();
+        tmp[n..n + digits.len()].copy_from_slice(digits);
+        n += digits.len();
+        tmp[n] = b'.';
+        n += 1;
         if k == 0 {
-            out.push(b'0');
-        } else {
-            let start = out.len();
-            out.resize(start + k, b'0');
-            for at in (start..start + k).rev() {
-                out[at] = b'0' + (frac % 10) as u8;
-                frac /= 10;
-            }
+            tmp[n] = b'0';
+            return Some(n + 1);
         }
-        return true;
+        for at in (n..n + k).rev() {
+            tmp[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        return Some(n + k);
     }
-    false
+    None
 }
 
 /// Writes a signed integer.
@@ -283,83 +506,11 @@ pub(crate) fn write_key(out: &mut Vec<u8>, key: &Key) {
 
 /// Transcodes one MessagePack value (a stored record) to compact JSON text.
 pub(crate) fn write_record(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), RecordError> {
-    let mut r = Reader::new(bytes);
-    let (head, bytes) = r.raw()?;
-    write_item(out, &mut r, head, bytes, 0)
-}
-
-/// Writes the item just read (`head`, and a string's `bytes`). Scalars are
-/// written here, inlined into each container's loop; only a nested
-/// container costs a call.
-#[inline(always)]
-fn write_item(
-    out: &mut Vec<u8>,
-    r: &mut Reader<'_>,
-    head: Head,
-    bytes: &[u8],
-    depth: usize,
-) -> Result<(), RecordError> {
-    if depth > MAX_DEPTH {
-        return Err(RecordError::TooDeep);
-    }
-    // Strings are copied as raw bytes: every stored record was checked to be
-    // UTF-8 when it was created, so checking again would only cost time.
-    match head {
-        Head::Nil => out.extend_from_slice(b"null"),
-        Head::Bool(true) => out.extend_from_slice(b"true"),
-        Head::Bool(false) => out.extend_from_slice(b"false"),
-        Head::Uint(u) => write_uint(out, u),
-        Head::Int(i) => write_int(out, i),
-        Head::Float(f) => write_f64(out, f),
-        Head::Str(_) => write_read_str(out, r, bytes),
-        Head::Array(_) | Head::Map(_) => write_container(out, r, head, depth)?,
-    }
-    Ok(())
-}
-
-/// Writes an array or a map whose head was just read.
-fn write_container(
-    out: &mut Vec<u8>,
-    r: &mut Reader<'_>,
-    head: Head,
-    depth: usize,
-) -> Result<(), RecordError> {
-    match head {
-        Head::Array(n) => {
-            out.push(b'[');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let (head, bytes) = r.raw()?;
-                write_item(out, r, head, bytes, depth + 1)?;
-            }
-            out.push(b']');
-        }
-        Head::Map(n) => {
-            out.push(b'{');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                match r.raw()? {
-                    (Head::Str(_), k) => write_read_str(out, r, k),
-                    (other, _) => {
-                        return Err(RecordError::Expected {
-                            expected: "a field name",
-                            found: other.name(),
-                        })
-                    }
-                }
-                out.push(b':');
-                let (head, bytes) = r.raw()?;
-                write_item(out, r, head, bytes, depth + 1)?;
-            }
-            out.push(b'}');
-        }
-        _ => {}
-    }
-    Ok(())
+    write_into(out, room_for_record(bytes.len()), |t| {
+        let mut r = Reader::new(bytes);
+        let (head, s) = r.raw()?;
+        t.item(&mut r, head, s, 0)
+    })
 }
 
 #[cfg(test)]
@@ -532,6 +683,41 @@ mod tests {
     }
 
     use crate::record::PendingRecord;
+
+    /// The room reserved for a record holds the text of the records that
+    /// take the most text per stored byte: one-byte items at their longest
+    /// (`,false`, `,null`, `,-32`, `,127`), strings of control characters
+    /// (`\u001f`, six bytes for one), the longest integers and floats,
+    /// empty containers, and short strings ending the record (copied with a
+    /// window). Writing past the room panics, so a bound of one byte less
+    /// per stored byte fails this.
+    #[test]
+    fn the_room_reserved_for_a_record_holds_its_longest_texts() {
+        let control: String = (0u8..0x20).map(char::from).collect();
+        let shapes = [
+            json!({"a": vec![false; 500]}),
+            json!({"a": vec![Value::Null; 500]}),
+            json!({"a": vec![-32; 500], "b": vec![127; 500]}),
+            json!({"a": vec![i64::MIN; 100], "b": vec![u64::MAX; 100]}),
+            json!({"a": vec![-1.797_693_134_862_315_7e308; 100],
+                   "b": vec![-2.225_073_858_507_201_4e-308; 100]}),
+            json!({control.clone(): control.repeat(20), "x": [control.clone(), control.clone()]}),
+            json!({"a": vec![json!([]); 300], "b": vec![json!({}); 300]}),
+            json!({"\u{1}": "\u{1}", "\"": "\\"}),
+            json!({"e": ""}),
+        ];
+        for v in shapes {
+            let r = PendingRecord::new(&v, "\n").unwrap().finish(None);
+            let text = r.to_json_string();
+            assert!(
+                text.len() <= super::room_for_record(r.encoded_len()),
+                "{} bytes of text for {} stored",
+                text.len(),
+                r.encoded_len()
+            );
+            assert_eq!(text, serde_json::to_string(&v).unwrap());
+        }
+    }
 
     #[test]
     fn json_text_matches_serde_json() {
