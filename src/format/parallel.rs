@@ -19,6 +19,7 @@ use super::syntax::DocWriter;
 use crate::db::TableSnapshot;
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::record::prefetched;
 
 /// Records per segment: about 2 MB of JSON for the standard workload.
 pub(crate) const SEGMENT: usize = 16 * 1024;
@@ -47,7 +48,7 @@ where
 {
     let parallel = idle.filter(|idle| w.parallel_pays() && t.len() >= MIN_RECORDS && idle());
     let Some(idle) = parallel else {
-        for (_, rec) in t.iter() {
+        for rec in prefetched(t.records.iter().map(|(_, r)| r)) {
             w.record(rec);
             out.maybe_flush(w.buf())?;
         }
@@ -61,9 +62,12 @@ where
     let writer: &W = w;
     let segment = |k: usize| {
         let mut records = match starts.get(k + 1) {
-            Some(end) => Box::new(t.records.range::<_, Key>(&starts[k]..end).map(|(_, r)| r))
-                as Box<dyn Iterator<Item = _>>,
-            None => Box::new(t.records.range::<_, Key>(&starts[k]..).map(|(_, r)| r)),
+            Some(end) => Box::new(prefetched(
+                t.records.range::<_, Key>(&starts[k]..end).map(|(_, r)| r),
+            )) as Box<dyn Iterator<Item = _>>,
+            None => Box::new(prefetched(
+                t.records.range::<_, Key>(&starts[k]..).map(|(_, r)| r),
+            )),
         };
         writer.segment(&mut records, SEGMENT, k == 0)
     };

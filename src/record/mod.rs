@@ -114,6 +114,29 @@ impl Record {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// Asks the processor to start loading the record's bytes, which a
+    /// loop over many records will read soon. A backup reads records in key
+    /// order, scattered over the heap, and without this waits on memory for
+    /// each one: measured, a third of the JSON transcoder's time went to the
+    /// first load of each record. A record of more than one cache line has
+    /// its last byte asked for too.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let first = self.0.as_ptr();
+            let last = first.wrapping_add(self.0.len().saturating_sub(1));
+            // SAFETY: a prefetch is only a hint to the cache: it reads
+            // nothing into the program and never faults, whatever the
+            // address. Both addresses are inside this record's bytes.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(first.cast());
+                _mm_prefetch::<_MM_HINT_T0>(last.cast());
+            }
+        }
+    }
+
     /// The record's MessagePack encoding.
     pub fn as_msgpack(&self) -> &[u8] {
         &self.0
@@ -145,5 +168,59 @@ impl Record {
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_json_string())
+    }
+}
+
+/// How many records ahead [`prefetched`] asks for a record's bytes: enough
+/// to cover a memory load while the records in between are written.
+const PREFETCH_AHEAD: usize = 8;
+
+/// `records`, each one's bytes asked of memory ([`Record::prefetch`])
+/// [`PREFETCH_AHEAD`] records before it comes: for loops that read every
+/// record of a table, such as a full backup.
+pub(crate) fn prefetched<'a, I>(records: I) -> impl Iterator<Item = &'a Record>
+where
+    I: Iterator<Item = &'a Record> + Clone,
+{
+    let mut lead = records.clone();
+    lead.by_ref()
+        .take(PREFETCH_AHEAD)
+        .for_each(Record::prefetch);
+    records.inspect(move |_| {
+        if let Some(r) = lead.next() {
+            r.prefetch();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{prefetched, PendingRecord, Record, PREFETCH_AHEAD};
+
+    /// The look-ahead changes nothing a loop sees: every record once, in
+    /// order, for tables shorter, as long as and longer than its distance.
+    #[test]
+    fn prefetched_records_come_once_each_in_order() {
+        for n in [
+            0,
+            1,
+            PREFETCH_AHEAD - 1,
+            PREFETCH_AHEAD,
+            PREFETCH_AHEAD + 1,
+            100,
+        ] {
+            let records: Vec<Record> = (0..n)
+                .map(|i| {
+                    PendingRecord::new(&json!({"id": i}), "id")
+                        .unwrap()
+                        .finish(None)
+                })
+                .collect();
+            let seen: Vec<&Record> = prefetched(records.iter()).collect();
+            assert_eq!(seen.len(), n);
+            assert!(seen.iter().zip(&records).all(|(a, b)| std::ptr::eq(*a, b)));
+        }
     }
 }
