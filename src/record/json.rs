@@ -76,10 +76,10 @@ pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
 /// Text being written into room reserved up front: a byte slice and the
 /// position reached. Writing a record's text byte by byte into a `Vec`
 /// checks and updates its length at every push; here the room is reserved
-/// once per record (see [`room_for_record`]) and the position stays in a
-/// register. Every write is still bounds-checked: a bound that was too
-/// small would panic (caught by the backup thread as a failed backup),
-/// never write out of bounds.
+/// once per record (see [`room_for_record`] and [`room_counted`]) and the
+/// position stays in a register. Every write is still bounds-checked: a
+/// bound that was too small would panic (caught by the backup thread as a
+/// failed backup), never write out of bounds.
 struct Text<'a> {
     buf: &'a mut [u8],
     at: usize,
@@ -504,9 +504,44 @@ pub(crate) fn write_key(out: &mut Vec<u8>, key: &Key) {
     }
 }
 
+/// Stored size above which a record's room is counted item by item
+/// ([`room_counted`]) rather than taken as six bytes per stored byte: for a
+/// record of megabytes (a long text, a large array), six times its size
+/// would be memory reserved and zeroed for nothing.
+const LARGE_RECORD: usize = 64 << 10;
+
+/// The room a record's text can take, counted item by item: a string its
+/// bytes, quotes, and five more for each byte that needs escaping; any
+/// other item the longest text of its kind; each item a separator. Only
+/// large records pay for the walk. A record that does not read to its end
+/// gets the general bound.
+fn room_counted(bytes: &[u8]) -> usize {
+    let mut r = Reader::new(bytes);
+    let mut room: usize = 64;
+    while r.pos < bytes.len() {
+        let item = match r.raw() {
+            Ok((Head::Str(_), s)) => {
+                2 + s.len() + 5 * s.iter().filter(|&&b| needs_escape(b)).count()
+            }
+            Ok((Head::Nil | Head::Bool(_), _)) => 5,
+            Ok((Head::Uint(_) | Head::Int(_), _)) => 20,
+            Ok((Head::Float(_), _)) => FLOAT_ROOM,
+            Ok((Head::Array(_) | Head::Map(_), _)) => 2,
+            Err(_) => return room_for_record(bytes.len()),
+        };
+        room = room.saturating_add(item + 1);
+    }
+    room
+}
+
 /// Transcodes one MessagePack value (a stored record) to compact JSON text.
 pub(crate) fn write_record(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), RecordError> {
-    write_into(out, room_for_record(bytes.len()), |t| {
+    let room = if bytes.len() <= LARGE_RECORD {
+        room_for_record(bytes.len())
+    } else {
+        room_counted(bytes)
+    };
+    write_into(out, room, |t| {
         let mut r = Reader::new(bytes);
         let (head, s) = r.raw()?;
         t.item(&mut r, head, s, 0)
@@ -684,6 +719,46 @@ mod tests {
 
     use crate::record::PendingRecord;
 
+    /// A large record's room is counted item by item: about its text's
+    /// size for a long plain string, not six times it, and still enough
+    /// for the shapes that take the most text per stored byte (each made
+    /// larger than the limit, so counted).
+    #[test]
+    fn a_large_record_gets_the_room_its_items_need() {
+        let plain = json!({"text": "a".repeat(1 << 20)});
+        let r = PendingRecord::new(&plain, "\n").unwrap().finish(None);
+        let room = super::room_counted(r.as_msgpack());
+        assert!(
+            room < r.encoded_len() + 100,
+            "{room} for {}",
+            r.encoded_len()
+        );
+
+        let control: String = (0u8..0x20).map(char::from).collect();
+        let shapes = [
+            json!({"a": vec![false; 100_000]}),
+            json!({"a": vec![Value::Null; 100_000], "b": vec![-32; 100_000]}),
+            json!({"a": vec![i64::MIN; 10_000], "b": vec![u64::MAX; 10_000]}),
+            json!({"a": vec![-1.797_693_134_862_315_7e308; 10_000]}),
+            json!({"a": vec![-2.225_073_858_507_201_4e-308; 10_000]}),
+            json!({"s": control.repeat(4_000), "x": vec![control.clone(); 3_000]}),
+            json!({"a": vec![json!([]); 70_000], "b": vec![json!({}); 70_000]}),
+            json!({"a": vec![json!({"\"": "\\", "k": "x"}); 10_000], "e": ""}),
+        ];
+        for v in shapes {
+            let r = PendingRecord::new(&v, "\n").unwrap().finish(None);
+            assert!(r.encoded_len() > super::LARGE_RECORD);
+            let text = r.to_json_string();
+            let room = super::room_counted(r.as_msgpack());
+            assert!(
+                text.len() <= room,
+                "{} bytes of text, room {room}",
+                text.len()
+            );
+            assert_eq!(text, serde_json::to_string(&v).unwrap());
+        }
+    }
+
     /// The room reserved for a record holds the text of the records that
     /// take the most text per stored byte: one-byte items at their longest
     /// (`,false`, `,null`, `,-32`, `,127`), strings of control characters
@@ -708,6 +783,7 @@ mod tests {
         ];
         for v in shapes {
             let r = PendingRecord::new(&v, "\n").unwrap().finish(None);
+            assert!(r.encoded_len() <= super::LARGE_RECORD);
             let text = r.to_json_string();
             assert!(
                 text.len() <= super::room_for_record(r.encoded_len()),
