@@ -78,8 +78,8 @@ pub(crate) fn scan_plain(bytes: &[u8]) -> (usize, bool) {
 /// checks and updates its length at every push; here the room is reserved
 /// once per record (see [`room_for_record`] and [`room_counted`]) and the
 /// position stays in a register. Every write is still bounds-checked: a
-/// bound that was too small would panic (caught by the backup thread as a
-/// failed backup), never write out of bounds.
+/// bound that was too small would panic (tests attack both bounds), never
+/// write out of bounds.
 struct Text<'a> {
     buf: &'a mut [u8],
     at: usize,
