@@ -557,3 +557,18 @@ async fn bad_identity_files_and_hostile_table_names_are_worded_for_operators() {
         "{v:#?}"
     );
 }
+
+/// A limit before every backup names the store's first backup, even when
+/// that is a full backup that cannot be read (here, behind a link to a disk
+/// that did not mount): the deltas after it are not "the first backup".
+#[tokio::test]
+async fn a_limit_before_an_unreadable_first_backup_names_it() {
+    let c = make_chain().await;
+    let link = c.dir.join(&c.full.file);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(c.dir.join("not-mounted"), &link).unwrap();
+    let out = cli(args!["restore", &c.dir, "--dry-run", "--until=-15m"]);
+    let text = &out.fails(4, "nothing was backed up").stderr;
+    assert!(text.contains(&c.full.file), "{text}");
+    assert!(!text.contains(&c.d1.file), "{text}");
+}

@@ -228,9 +228,13 @@ pub(crate) async fn explain(
         }
         _ => return CliError::from(e),
     }
-    let Ok(files) = store.list().await else {
+    // The names restore chose among: an unreadable entry named like a
+    // backup keeps its place, so a full backup behind a dead link is still
+    // the first backup, not the delta after it.
+    let Ok(listing) = store.list_all().await else {
         return CliError::from(e);
     };
+    let files = listing.with_unreadable_backups();
     let mut names: Vec<BackupName> = files
         .iter()
         .filter_map(|f| BackupName::parse(&f.name))
