@@ -127,3 +127,34 @@ async fn follows_a_writer_live_and_ends_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM ends it cleanly");
 }
+
+/// `--key-field` (and `--allow-unverified`) work for `follow` as for a
+/// restore: the original's store with a table created after its last full
+/// backup is followed to its end given the key field, and stops before the
+/// delta that changes the table without it, saying how to give it.
+#[test]
+fn once_follows_the_original_deltas_of_a_new_table_given_its_key_field() {
+    let tmp = common::chain_with_a_table_created_after_the_full_backup();
+    let run = cli(args!["follow", tmp.path(), "--once", "--json"]);
+    assert_eq!(run.code, 1, "{run:#?}");
+    let v: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["problem"]["file"], "dictdb_delta_1795682695_000000.json");
+    assert!(
+        v["problem"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--key-field audit=FIELD"),
+        "{v:#}"
+    );
+    let run = cli(args![
+        "follow",
+        tmp.path(),
+        "--once",
+        "--json",
+        "--key-field",
+        "audit=audit_id"
+    ]);
+    let v: Value = serde_json::from_str(run.ok().trim()).unwrap();
+    assert_eq!(v["cut"]["file"], "dictdb_delta_1795682696_000000.json");
+    assert!(v["problem"].is_null(), "{v:#}");
+}

@@ -72,37 +72,13 @@ async fn directory_restores_in_one_call_and_is_reported_unverified() {
     assert_eq!(restored.seq, None);
 }
 
-/// The fixture's chain plus two deltas of the original that change a table
-/// created after its last full backup (`audit`, key field `audit_id`): the
-/// original's deltas carry neither the creation nor the key field.
-fn chain_with_a_table_created_after_the_full_backup() -> tempfile::TempDir {
-    let tmp = common::python_fixture_copy();
-    std::fs::write(
-        tmp.path().join("dictdb_delta_1795682695_000000.json"),
-        r#"{"type": "delta", "timestamp": 1795682695.0, "tables": {
-             "users": {"upserts": [{"id": 1, "name": "Alice", "note": "audited"}], "deletes": []},
-             "audit": {"upserts": [{"audit_id": "a-1", "id": 1, "what": "login"},
-                                   {"audit_id": "a-2", "id": 1, "what": "logout"}],
-                       "deletes": []}}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        tmp.path().join("dictdb_delta_1795682696_000000.json"),
-        r#"{"type": "delta", "timestamp": 1795682696.0, "tables": {
-             "audit": {"upserts": [{"audit_id": "a-3", "id": 2, "what": "login"}],
-                       "deletes": ["a-1"]}}}"#,
-    )
-    .unwrap();
-    tmp
-}
-
 /// Without the key field the table cannot be made: the delta is refused,
 /// naming the table and the option (a lenient restore stops before it, at
 /// the fixture's final state); with it, the table is created and both
 /// deltas apply; verify agrees with restore either way.
 #[tokio::test]
 async fn a_table_created_after_the_original_full_backup_restores_given_its_key_field() {
-    let tmp = chain_with_a_table_created_after_the_full_backup();
+    let tmp = common::chain_with_a_table_created_after_the_full_backup();
     let restore = || dictdb::restore::Restore::from_dir(tmp.path()).unwrap();
     let err = restore().run().await.unwrap_err().to_string();
     assert!(
@@ -150,7 +126,7 @@ async fn a_table_created_after_the_original_full_backup_restores_given_its_key_f
 /// carry the table: a plain restore afterwards needs no option.
 #[tokio::test]
 async fn restore_or_start_takes_the_key_field_from_its_configuration() {
-    let tmp = chain_with_a_table_created_after_the_full_backup();
+    let tmp = common::chain_with_a_table_created_after_the_full_backup();
     let config = || dictdb::BackupConfig::new(tmp.path()).incremental(true);
     let err = match dictdb::BackupManager::restore_or_start(config()).await {
         Ok(_) => panic!("started without the key field"),
@@ -260,4 +236,68 @@ fn sort_keys(value: Value) -> Value {
         Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
         other => other,
     }
+}
+
+/// A replica of the original's store follows a table created after its
+/// last full backup once given the key field: whether the deltas that
+/// change it are in the store when following starts or come later.
+/// Without it the replica serves the cut before them and says why.
+#[tokio::test]
+async fn a_replica_follows_a_table_created_after_the_original_full_backup_given_its_key_field() {
+    use dictdb::replica::{Replica, ReplicaOptions};
+    use dictdb::store::{BackupStore, LocalStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let local = |dir: &std::path::Path| -> Arc<dyn BackupStore> {
+        Arc::new(LocalStore::open(dir).unwrap())
+    };
+    let options = || ReplicaOptions::default().interval(Duration::from_secs(3600));
+    let tmp = common::chain_with_a_table_created_after_the_full_backup();
+    let expected = dictdb::restore::Restore::from_dir(tmp.path())
+        .unwrap()
+        .key_field("audit", "audit_id")
+        .run()
+        .await
+        .unwrap();
+    let fixture_final: Value = serde_json::from_slice(
+        &std::fs::read(common::python_fixture_dir().join("expected_final.json")).unwrap(),
+    )
+    .unwrap();
+
+    // Without the key field: the cut before the delta, and the reason.
+    let r = Replica::follow(local(tmp.path()), options()).await.unwrap();
+    assert_eq!(common::dump(r.db()), fixture_final);
+    let problem = r.status().problem.expect("stopped before the delta");
+    assert!(problem.error.to_string().contains("`audit`"), "{problem:?}");
+    r.stop().await.unwrap();
+
+    // Given it, with the deltas there from the start.
+    let r = Replica::follow(local(tmp.path()), options().key_field("audit", "audit_id"))
+        .await
+        .unwrap();
+    assert!(r.status().problem.is_none(), "{:?}", r.status().problem);
+    assert_eq!(common::dump(r.db()), common::dump(&expected.db));
+    r.stop().await.unwrap();
+
+    // Given it, with the deltas coming while it follows.
+    let later = common::python_fixture_copy();
+    let r = Replica::follow(
+        local(later.path()),
+        options().key_field("audit", "audit_id"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::dump(r.db()), fixture_final);
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if !later.path().join(&name).exists() {
+            std::fs::copy(&path, later.path().join(name)).unwrap();
+        }
+    }
+    r.sync().await.unwrap();
+    assert_eq!(common::dump(r.db()), common::dump(&expected.db));
+    assert_eq!(r.db().table("audit").unwrap().primary_key(), "audit_id");
+    r.stop().await.unwrap();
 }

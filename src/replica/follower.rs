@@ -453,9 +453,16 @@ impl Follower {
             ));
         }
         cursor.check_link(e, &d.header)?;
-        let Body::Delta(changes) = d.body else {
+        let python = d.header.meta.is_none();
+        let Body::Delta(mut changes) = d.body else {
             return Err(Error::corrupt(e.file_name(), "holds a full backup"));
         };
+        // A delta of the Python original may change a table created after
+        // its last full backup: made with the key field given, as a
+        // restore makes it.
+        if python {
+            apply::create_python_tables(&self.opts, &self.db, &mut changes, e.file_name())?;
+        }
         let cut = d.header.meta.as_ref().map(|m| m.seq);
         let applied = self
             .apply_changes(changes, e.file_name(), cut, spare)

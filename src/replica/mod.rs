@@ -57,6 +57,8 @@ pub struct ReplicaOptions {
     interval: Duration,
     allow_unverified: bool,
     spare_copy: bool,
+    /// Key fields of tables only the Python original's deltas hold.
+    key_fields: Vec<(String, String)>,
     /// Identities that decrypt the store's encrypted files.
     #[cfg(feature = "encryption")]
     identities: Vec<crate::encryption::Identity>,
@@ -68,6 +70,7 @@ impl Default for ReplicaOptions {
             interval: Duration::from_secs(1),
             allow_unverified: false,
             spare_copy: true,
+            key_fields: Vec::new(),
             #[cfg(feature = "encryption")]
             identities: Vec::new(),
         }
@@ -108,6 +111,18 @@ impl ReplicaOptions {
         self
     }
 
+    /// The key field of a table that deltas of the Python original change
+    /// without the chain holding it (a table created after the original's
+    /// last full backup: its deltas do not say), as
+    /// [`Restore::key_field`] does. Used at the first load and for every
+    /// such delta followed later; without it the replica stops before the
+    /// delta, naming the table. Default: none.
+    #[must_use]
+    pub fn key_field(mut self, table: impl Into<String>, field: impl Into<String>) -> Self {
+        self.key_fields.push((table.into(), field.into()));
+        self
+    }
+
     /// An identity that decrypts the store's encrypted (`.age`) files
     /// (feature `encryption`), as [`Restore::identity`] does: a replica of
     /// an encrypted store needs one (without it, following fails with
@@ -129,9 +144,12 @@ impl ReplicaOptions {
     /// The restore options a replica reads its store with.
     fn restore(&self, store: Arc<dyn BackupStore>) -> Restore {
         #[cfg_attr(not(feature = "encryption"), allow(unused_mut))]
-        let mut restore = Restore::new(store)
-            .stop_at_last_consistent(true)
-            .allow_unverified(self.allow_unverified);
+        let mut restore = self.key_fields.iter().fold(
+            Restore::new(store)
+                .stop_at_last_consistent(true)
+                .allow_unverified(self.allow_unverified),
+            |r, (table, field)| r.key_field(table, field),
+        );
         #[cfg(feature = "encryption")]
         {
             restore = restore.identities(self.identities.iter().cloned());

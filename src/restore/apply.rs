@@ -105,7 +105,7 @@ pub(crate) async fn check_file_fed(
 /// not record created tables nor key fields) creates it, with the key field
 /// the caller gave ([`Restore::key_field`]); without one it is refused, as
 /// the apply would refuse it, but saying what is missing.
-fn create_python_tables(
+pub(crate) fn create_python_tables(
     opts: &Restore,
     db: &DictDB,
     changes: &mut ChangeSet,
@@ -140,7 +140,7 @@ fn create_python_tables(
 fn key_field_hint(table: &str) -> String {
     let call = format!(
         "`Restore::key_field({table:?}, FIELD)`, or `BackupConfig::restore_key_field` for a \
-         restore on start"
+         restore on start, `ReplicaOptions::key_field` for a replica"
     );
     if table.contains('=') {
         return format!("{call} (`--key-field` cannot name a table with `=`)");

@@ -42,6 +42,30 @@ pub fn python_fixture_copy() -> tempfile::TempDir {
     tmp
 }
 
+/// The fixture's chain plus two deltas of the original that change a table
+/// created after its last full backup (`audit`, key field `audit_id`): the
+/// original's deltas carry neither the creation nor the key field.
+pub fn chain_with_a_table_created_after_the_full_backup() -> tempfile::TempDir {
+    let tmp = python_fixture_copy();
+    std::fs::write(
+        tmp.path().join("dictdb_delta_1795682695_000000.json"),
+        r#"{"type": "delta", "timestamp": 1795682695.0, "tables": {
+             "users": {"upserts": [{"id": 1, "name": "Alice", "note": "audited"}], "deletes": []},
+             "audit": {"upserts": [{"audit_id": "a-1", "id": 1, "what": "login"},
+                                   {"audit_id": "a-2", "id": 1, "what": "logout"}],
+                       "deletes": []}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("dictdb_delta_1795682696_000000.json"),
+        r#"{"type": "delta", "timestamp": 1795682696.0, "tables": {
+             "audit": {"upserts": [{"audit_id": "a-3", "id": 2, "what": "login"}],
+                       "deletes": ["a-1"]}}}"#,
+    )
+    .unwrap();
+    tmp
+}
+
 /// The whole state of a database as plain JSON: `{table: {"primary_key", "records": [...]}}`
 /// with records in key order, the shape of the fixture's `expected_final.json`.
 pub fn dump(db: &DictDB) -> Value {

@@ -23,6 +23,8 @@ pub(crate) struct Request {
     pub(crate) store: std::path::PathBuf,
     pub(crate) interval: Duration,
     pub(crate) once: bool,
+    /// `--allow-unverified` and `--key-field`, as for a restore.
+    pub(crate) python: crate::keys::PythonArgs,
 }
 
 /// One line of output: text, or one JSON object per line with `--json`.
@@ -305,7 +307,10 @@ pub(crate) async fn run(req: Request, out: Output) -> Result<Exit, CliError> {
     let store = store::open(Path::new(&req.store))?;
     let replica = Replica::follow(
         store,
-        crate::keys::replica(ReplicaOptions::default().interval(req.interval)),
+        crate::keys::replica(
+            req.python
+                .replica(ReplicaOptions::default().interval(req.interval)),
+        ),
     )
     .await?;
     let status = replica.status();

@@ -69,7 +69,7 @@ pub(crate) fn restore(store: Arc<dyn BackupStore>) -> Restore {
 }
 
 /// The options for stores the Python original wrote, shared by the
-/// commands that restore (`verify`, `restore`, `diff`).
+/// commands that restore (`verify`, `restore`, `diff`, `follow`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct PythonArgs {
     /// Accept files without a checksum (written by the Python original)
@@ -93,6 +93,17 @@ impl PythonArgs {
         self.key_field.iter().fold(
             restore.allow_unverified(self.allow_unverified),
             |r, (table, field)| r.key_field(table, field),
+        )
+    }
+
+    /// A replica's options with these.
+    pub(crate) fn replica(
+        &self,
+        options: dictdb::replica::ReplicaOptions,
+    ) -> dictdb::replica::ReplicaOptions {
+        self.key_field.iter().fold(
+            options.allow_unverified(self.allow_unverified),
+            |o, (table, field)| o.key_field(table, field),
         )
     }
 }

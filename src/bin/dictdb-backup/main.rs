@@ -217,6 +217,8 @@ enum Command {
         /// Catch up once, print where the replica stands, and exit.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        python: keys::PythonArgs,
     },
     /// Delete old backups by retention rules, whole chains at a time; --dry-run shows what and why.
     ///
@@ -355,11 +357,13 @@ async fn run(command: Command, out: Output) -> Result<Exit, CliError> {
             store,
             interval,
             once,
+            python,
         } => {
             let req = follow::Request {
                 store,
                 interval,
                 once,
+                python,
             };
             follow::run(req, out).await
         }
