@@ -437,9 +437,9 @@ async fn no_usable_full_backup_is_damage_not_an_empty_store() {
 }
 
 /// The hint for a file without checksum after ours names an option that
-/// exists, and that option accepts it, in restore and verify alike.
+/// exists, and that option accepts it, in restore, verify and follow alike.
 #[tokio::test]
-async fn allow_unverified_is_an_option_of_restore_and_verify() {
+async fn allow_unverified_is_an_option_of_restore_verify_and_follow() {
     let c = make_chain().await;
     let python = "dictdb_backup_1999999999_000000.json";
     std::fs::write(
@@ -455,6 +455,22 @@ async fn allow_unverified_is_an_option_of_restore_and_verify() {
     cli(args!["restore", &c.dir, "--out", &x, "--allow-unverified"]).ok();
     assert!(load(&x).table("t").is_ok());
     cli(args!["verify", &c.dir, "--allow-unverified"]).ok();
+    // And of follow: a replica stops before the file without it, and
+    // serves it with it.
+    let f = cli(args!["follow", &c.dir, "--once", "--json"]);
+    assert_eq!(f.code, 1, "{f:#?}");
+    let v: Value = serde_json::from_str(f.stdout.trim()).unwrap();
+    assert_eq!(v["problem"]["file"], python, "{v:#}");
+    let f = cli(args![
+        "follow",
+        &c.dir,
+        "--once",
+        "--json",
+        "--allow-unverified"
+    ]);
+    let v: Value = serde_json::from_str(f.ok().trim()).unwrap();
+    assert_eq!(v["cut"]["file"], python, "{v:#}");
+    assert!(v["problem"].is_null(), "{v:#}");
 }
 
 /// A delta without checksum after a chain of ours can be no delta of the
