@@ -170,13 +170,10 @@ impl<'a> Reader<'a> {
                 0x80..=0x8f => Head::Map(usize::from(m & 0x0f)),
                 0x90..=0x9f => Head::Array(usize::from(m & 0x0f)),
                 0xa0..=0xbf => {
-                    let start = self.pos + 1;
-                    let end = start + usize::from(m & 0x1f);
-                    if let Some(bytes) = self.buf.get(start..end) {
-                        self.pos = end;
-                        return Ok((Head::Str(end - start), bytes));
-                    }
-                    return self.raw_general();
+                    return match self.fixstr() {
+                        Some(bytes) => Ok((Head::Str(bytes.len()), bytes)),
+                        None => self.raw_general(),
+                    };
                 }
                 0xc0 => Head::Nil,
                 0xc2 => Head::Bool(false),

@@ -86,9 +86,9 @@ struct Text<'a> {
 }
 
 /// The most bytes a string of `len` bytes can take as a literal: six per
-/// byte (`\u001f`), the quotes, and the slack of a windowed copy.
+/// byte (`\u001f`) and the quotes.
 fn room_for_str(len: usize) -> usize {
-    len.saturating_mul(6).saturating_add(2 + 32)
+    len.saturating_mul(6).saturating_add(2)
 }
 
 /// The most bytes the text of a stored record of `len` bytes can take.
@@ -256,17 +256,15 @@ impl Text<'_> {
     #[inline(always)]
     fn next_item(&mut self, r: &mut Reader<'_>, depth: usize) -> Result<(), RecordError> {
         if depth <= MAX_DEPTH {
+            if let Some(bytes) = r.fixstr() {
+                self.read_str(r, bytes);
+                return Ok(());
+            }
             match r.peek() {
                 Some(m @ 0x00..=0x7f) => {
                     r.pos += 1;
                     self.uint(u64::from(m));
                     return Ok(());
-                }
-                Some(0xa0..=0xbf) => {
-                    if let Some(bytes) = r.fixstr() {
-                        self.read_str(r, bytes);
-                        return Ok(());
-                    }
                 }
                 Some(0xc2) => {
                     r.pos += 1;

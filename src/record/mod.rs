@@ -116,10 +116,12 @@ impl Record {
 
     /// Asks the processor to start loading the record's bytes, which a
     /// loop over many records will read soon. A backup reads records in key
-    /// order, scattered over the heap, and without this waits on memory for
-    /// each one: measured, a third of the JSON transcoder's time went to the
-    /// first load of each record. A record of more than one cache line has
-    /// its last byte asked for too.
+    /// order, scattered over the heap, and a loop that does little with
+    /// each record waits on memory for each one: measured on MessagePack
+    /// full backups (a copy per record), a median save of 110 ms without
+    /// it, 88 ms with it. JSON, which does more per record, measured no
+    /// difference. A record of more than one cache line has its last byte
+    /// asked for too.
     #[inline(always)]
     pub(crate) fn prefetch(&self) {
         #[cfg(target_arch = "x86_64")]
